@@ -1,0 +1,102 @@
+"""The public ops. Each validates on the host, picks a backend (cached) and runs it."""
+
+from __future__ import annotations
+
+from . import request as _rq
+from . import selector as _sel
+
+
+def _result(out, lse, return_lse):
+    return (out, lse) if return_lse else out
+
+
+def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0, alibi_slopes=None,
+              sinks=None, return_lse=False, out=None, backend=None):
+    """Attention over dense batches.
+
+    q ``(B, Sq, Hq, D)``, k ``(B, Sk, Hkv, D)``, v ``(B, Sk, Hkv, Dv)`` with ``Hq % Hkv == 0``.
+    ``causal`` is lower-right aligned when ``Sq != Sk`` (query i sees keys ``j <= i + Sk - Sq``).
+    ``window=(left, right)`` bounds each side in tokens (-1: unbounded). ``softcap`` caps logits as
+    ``softcap * tanh(s / softcap)``; ``alibi_slopes`` (fp32 ``(Hq,)`` or ``(B, Hq)``) adds
+    ``-slope * |i + Sk - Sq - j|``; ``sinks`` (``(Hq,)``) are logits that join the softmax
+    denominator only. Returns ``out (B, Sq, Hq, Dv)`` in q's dtype, and with ``return_lse=True``
+    also the fp32 natural-log ``lse (B, Hq, Sq)``. ``backend`` forces a backend (one name: strict)
+    or gives an ordered preference (a list or comma-separated names).
+    """
+    req, scale, window, softcap = _rq.dense_request(
+        q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, return_lse=return_lse, out=out)
+    b = _sel.select(req, backend)
+    o, lse = b.attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
+                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    return _result(o, lse, return_lse)
+
+
+def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                     scale=None, window=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None,
+                     return_lse=False, out=None, backend=None):
+    """Attention over packed variable-length sequences.
+
+    q ``(Tq, Hq, D)``, k/v ``(Tk, Hkv, D|Dv)``; ``cu_seqlens_q``/``cu_seqlens_k`` are int32
+    cumulative offsets of length B+1 (zero-length sequences allowed); ``max_seqlen_*`` are Python
+    ints (the longest sequence). Causal alignment is lower-right per sequence. Returns
+    ``out (Tq, Hq, Dv)`` and with ``return_lse=True`` the fp32 ``lse (Hq, Tq)``.
+    """
+    req, scale, window, softcap = _rq.varlen_request(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
+        window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    b = _sel.select(req, backend)
+    o, lse = b.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
+                      scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                      return_lse=return_lse, out=out)
+    return _result(o, lse, return_lse)
+
+
+def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q=None, max_seqlen_q=1,
+                    max_seqlen_k=None, causal=True, scale=None, window=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, sinks=None, return_lse=False, out=None, backend=None):
+    """Attention of packed query tokens over a paged KV cache.
+
+    ``k_cache``/``v_cache`` are ``(num_blocks, block_size, Hkv, D|Dv)``; key j of sequence b lives
+    in block ``block_table[b, j // block_size]`` at row ``j % block_size``; ``seqused_k`` (int32
+    ``(B,)``) counts each sequence's keys. q is ``(T, Hq, D)``: without ``cu_seqlens_q`` one token
+    per sequence (decode); with it, each sequence's query tokens are its last ones (chunked
+    prefill, speculative decoding), so causal is lower-right aligned. ``max_seqlen_k`` bounds the
+    keys per sequence (default: the block table's capacity). Returns ``out (T, Hq, Dv)`` and with
+    ``return_lse=True`` the fp32 ``lse (Hq, T)``.
+    """
+    req, scale, window, softcap = _rq.paged_request(
+        q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
+        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    b = _sel.select(req, backend)
+    o, lse = b.paged(q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q,
+                     max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal, scale=scale,
+                     window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                     return_lse=return_lse, out=out)
+    return _result(o, lse, return_lse)
+
+
+_OP_REQUESTS = {"attention": _rq.dense_request, "varlen": _rq.varlen_request, "paged": _rq.paged_request}
+_DEFAULTS = {"causal": False, "scale": None, "window": (-1, -1), "softcap": 0.0, "alibi_slopes": None,
+             "sinks": None, "return_lse": False, "out": None}
+
+
+def explain(*args, op="attention", backend=None, **kwargs):
+    """The decision an op would make for these arguments, without running it.
+
+    Takes the same arguments as the op named by ``op`` (``"attention"``, ``"varlen"`` or
+    ``"paged"``). Returns a :class:`anyattn.selector.Decision`: ``.chosen``, and every candidate
+    with its status and reasons; ``print()`` it for a table.
+    """
+    if op not in _OP_REQUESTS:
+        raise ValueError(f"op: expected one of {', '.join(_OP_REQUESTS)}, got {op!r}")
+    opts = dict(_DEFAULTS)
+    if op == "paged":
+        opts.update(causal=True, cu_seqlens_q=None, max_seqlen_q=1, max_seqlen_k=None)
+    unknown = set(kwargs) - set(opts)
+    if unknown:
+        raise TypeError(f"explain: unexpected keyword arguments {sorted(unknown)} for op {op!r}")
+    opts.update(kwargs)
+    req = _OP_REQUESTS[op](*args, **opts)[0]
+    return _sel.explain_request(req, backend)

@@ -1,0 +1,258 @@
+"""The contract every backend fulfils: capabilities as data, reasons as sentences.
+
+A backend declares what it supports in a :class:`Capabilities` record. The generic
+:meth:`Backend.reasons` turns a :class:`~anyattn.request.Request` into the list of reasons the
+backend cannot serve it (an empty list means it can), each one a sentence a person can act on.
+Backends add checks the data cannot express (version gates, torch's own kernel checks) in
+:meth:`Backend.extra_reasons`.
+
+Optional packages are imported on first use only, and any failure to import (``ImportError``
+with ``undefined symbol``, ``OSError`` from a missing ``.so``, a ``RuntimeError`` raised by the
+package's own init) becomes the reason ``unavailable: <one-line cause>``; it never escapes into
+the user's call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..request import Request, dtype_name
+
+FEATURES = ("causal", "window", "softcap", "alibi", "sinks", "lse", "gqa", "out", "grad",
+            "cuda_graph")
+_FEATURE_WORDS = {
+    "causal": "causal masking", "window": "sliding-window attention", "softcap": "logit soft-capping",
+    "alibi": "ALiBi slopes", "sinks": "attention sinks", "lse": "returning the log-sum-exp",
+    "gqa": "grouped-query attention (Hq != Hkv)", "out": "writing into out=",
+    "grad": "backward (a tensor requires grad)",
+}
+
+
+@dataclass(frozen=True)
+class HeadDims:
+    """Supported head dims: a range, optionally restricted to multiples or an explicit set."""
+
+    min: int = 1
+    max: int = 1 << 16
+    multiple_of: int = 1
+    only: frozenset[int] | None = None
+    dv_equals_d: bool = False  # the V head dim must equal the QK head dim
+
+    def reasons(self, d: int, dv: int) -> list[str]:
+        out = []
+        for label, value in (("head_dim", d), ("head_dim_v", dv)):
+            if self.only is not None and value not in self.only:
+                out.append(f"{label}={value} not supported (supported: {sorted(self.only)})")
+            elif not self.min <= value <= self.max:
+                out.append(f"{label}={value} outside the supported range {self.min}..{self.max}")
+            elif value % self.multiple_of:
+                out.append(f"{label}={value} is not a multiple of {self.multiple_of}")
+        if self.dv_equals_d and d != dv:
+            out.append(f"head_dim_v={dv} must equal head_dim={d}")
+        return out
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    devices: frozenset[str]
+    dtypes: frozenset[torch.dtype]
+    ops: frozenset[str]
+    features: frozenset[str]
+    head_dims: HeadDims = HeadDims()
+    min_capability: tuple[int, int] | None = None  # CUDA only
+    max_capability: tuple[int, int] | None = None
+    block_sizes: Callable[[int], bool] | None = None  # paged: which KV block sizes work
+    block_size_rule: str = ""  # how to say which block sizes work
+
+    def reasons(self, req: Request) -> list[str]:
+        out: list[str] = []
+        if req.device_type not in self.devices:
+            out.append(f"runs on {', '.join(sorted(self.devices))}, not {req.device_type}")
+            return out  # the rest is moot on the wrong device
+        if req.capability is not None:
+            cc = req.capability
+            if self.min_capability and cc < self.min_capability:
+                out.append(f"needs compute capability >= {_cc(self.min_capability)}; this GPU is {_cc(cc)}")
+            if self.max_capability and cc > self.max_capability:
+                out.append(f"supports compute capability <= {_cc(self.max_capability)}; this GPU is {_cc(cc)}")
+        if req.op not in self.ops:
+            out.append(f"no {req.op} op (has: {', '.join(o for o in ('attention', 'varlen', 'paged') if o in self.ops)})")
+        if req.dtype not in self.dtypes:
+            names = ", ".join(sorted(dtype_name(d) for d in self.dtypes))
+            out.append(f"dtype {dtype_name(req.dtype)} not supported (supported: {names})")
+        out += self.head_dims.reasons(req.head_dim, req.head_dim_v)
+        for feat in required_features(req):
+            if feat not in self.features:
+                out.append(f"no {_FEATURE_WORDS.get(feat, feat)}")
+        if req.block_size is not None and self.block_sizes is not None and not self.block_sizes(req.block_size):
+            out.append(f"KV block size {req.block_size} not supported ({self.block_size_rule})")
+        return out
+
+
+def _cc(cc: tuple[int, int]) -> str:
+    return f"{cc[0]}.{cc[1]} (sm{cc[0]}{cc[1]})"
+
+
+def required_features(req: Request) -> list[str]:
+    feats = [f for f in ("causal", "window", "softcap", "alibi", "sinks", "lse", "out", "grad")
+             if getattr(req, f)]
+    if req.gqa_ratio > 1:
+        feats.append("gqa")
+    return feats
+
+
+@dataclass
+class Availability:
+    installed: bool
+    version: str | None = None
+    error: str | None = None  # one-line cause when installed but not importable
+
+    @property
+    def usable(self) -> bool:
+        return self.installed and self.error is None
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    msg = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return msg if len(msg) <= 240 else msg[:237] + "..."
+
+
+class Backend:
+    """Base class. Subclasses set the class attributes and implement the ops they declare."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    #: importable module that must load for the backend to work (None: torch itself)
+    module: str | None = None
+    #: distribution name for version lookup and install hints
+    distribution: str | None = None
+    install_hint: str = ""
+    caps: Capabilities
+
+    def __init__(self) -> None:
+        self._loaded = None
+        self._availability: Availability | None = None
+
+    # -- availability -------------------------------------------------------------------
+    def version(self) -> str | None:
+        if self.distribution is None:
+            return torch.__version__
+        try:
+            return importlib.metadata.version(self.distribution)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    def availability(self) -> Availability:
+        """Import the backend's module once and remember how that went."""
+        if self._availability is None:
+            self._availability = self._probe()
+        return self._availability
+
+    def _probe(self) -> Availability:
+        if self.module is not None and importlib.util.find_spec(self.module.split(".")[0]) is None:
+            return Availability(installed=False)
+        try:
+            self._loaded = self.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is a reason, never a crash
+            return Availability(installed=True, version=self.version(), error=one_line(exc))
+        return Availability(installed=True, version=self.version())
+
+    def load(self):
+        """Import what the backend needs; raise on failure. Default: the declared module."""
+        return importlib.import_module(self.module) if self.module else None
+
+    @property
+    def lib(self):
+        if self._loaded is None:
+            avail = self.availability()
+            if not avail.usable:
+                raise RuntimeError(f"{self.name} is unavailable: {avail.error or 'not installed'}")
+        return self._loaded
+
+    # -- selection ------------------------------------------------------------------------
+    def reasons(self, req: Request) -> list[str]:
+        """Every reason this backend cannot serve ``req``; empty means it can."""
+        out = self.caps.reasons(req)
+        if req.device_type not in self.caps.devices:
+            return out
+        avail = self.availability()
+        if not avail.installed:
+            hint = f" ({self.install_hint})" if self.install_hint else ""
+            return [f"not installed{hint}"] + out
+        if avail.error:
+            return [f"unavailable: {avail.error}"] + out
+        return out + self.extra_reasons(req)
+
+    def extra_reasons(self, req: Request) -> list[str]:
+        return []
+
+    def notes(self, req: Request) -> list[str]:
+        """Remarks about how the backend would serve ``req`` (e.g. a gather fallback)."""
+        return []
+
+    # -- ops: (out, lse or None). Tensors are validated by the caller. ---------------------
+    def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks,
+                  return_lse, out):
+        raise NotImplementedError
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal,
+               scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        raise NotImplementedError
+
+    def paged(self, q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q,
+              max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<anyattn backend {self.name}>"
+
+
+def caps(**kw) -> Capabilities:
+    """Build a Capabilities record from plain Python values (sets/lists/tuples)."""
+    for key in ("devices", "dtypes", "ops", "features"):
+        kw[key] = frozenset(kw[key])
+    unknown = kw["features"] - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown features {sorted(unknown)}")
+    return Capabilities(**kw)
+
+
+def replace_caps(c: Capabilities, **kw) -> Capabilities:
+    for key in ("devices", "dtypes", "ops", "features"):
+        if key in kw:
+            kw[key] = frozenset(kw[key])
+    return dataclasses.replace(c, **kw)
+
+
+def write_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Copy a backend's fresh result into the caller's buffer when one was given."""
+    if out is None:
+        return result
+    out.copy_(result)
+    return out
+
+
+def add_sinks_via_lse(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor, head_axis: int):
+    """Fold per-head sink logits into an attention result that lacks them.
+
+    With Z the softmax normaliser over the keys, adding a sink logit s changes it to
+    Z' = Z + exp(s): the output scales by Z / Z' = exp(lse - lse') and lse becomes
+    lse' = logaddexp(lse, s). Exact, and cheap next to attention itself.
+    """
+    shape = [1] * lse.dim()
+    shape[head_axis] = -1
+    s = sinks.float().view(shape)
+    new_lse = torch.logaddexp(lse, s)
+    factor = torch.exp(lse - new_lse)  # 0 where lse == -inf (no visible key): output stays 0
+    factor = torch.nan_to_num(factor, nan=0.0)
+    return factor, new_lse

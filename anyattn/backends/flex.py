@@ -1,0 +1,218 @@
+"""FlexAttention (torch >= 2.5 on CUDA, >= 2.6 on CPU): block masks and score mods.
+
+Causal, sliding window and variable length are block masks, so fully masked tiles are skipped;
+soft-capping and ALiBi are a ``score_mod``. Sinks are folded in from the returned log-sum-exp.
+``flex_attention`` is compiled once (``torch.compile``) and reused; torch's own guards recompile
+only when a new shape family appears. Set ``ANYATTN_FLEX_COMPILE=0`` to run it uncompiled
+(torch's unfused reference path: slow, for debugging and tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+from ..request import Request
+from . import _padded
+from .base import Backend, HeadDims, add_sinks_via_lse, caps
+
+_MIN_TORCH = {"cuda": (2, 5), "cpu": (2, 6)}
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_fn(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # dynamic=None: the first recompile marks sizes dynamic, so new sequence lengths do not
+    # each pay a fresh compile.
+    return torch.compile(flex_attention) if compiled else flex_attention
+
+
+def _compile_enabled() -> bool:
+    return os.environ.get("ANYATTN_FLEX_COMPILE", "1") not in ("0", "false", "False")
+
+
+class FlexBackend(Backend):
+    name = "flex"
+    aliases = ("flex_attention", "flexattention", "torch_flex")
+    description = "torch FlexAttention (compiled Triton kernels on CUDA, C++ on CPU)"
+    caps = caps(
+        devices={"cuda", "cpu"},
+        dtypes={torch.float16, torch.bfloat16, torch.float32},
+        ops={"attention", "varlen", "paged"},
+        features={"causal", "window", "softcap", "alibi", "sinks", "lse", "gqa", "out", "grad"},
+        head_dims=HeadDims(min=16, max=256),
+    )
+
+    def load(self):
+        from torch.nn.attention import flex_attention
+
+        return flex_attention
+
+    def extra_reasons(self, req: Request) -> list[str]:
+        need = _MIN_TORCH.get(req.device_type)
+        if need and _torch_version() < need:
+            return [f"FlexAttention on {req.device_type} needs torch >= {need[0]}.{need[1]}, "
+                    f"this is {torch.__version__}"]
+        return []
+
+    def notes(self, req: Request) -> list[str]:
+        out = []
+        if req.op == "paged":
+            out.append("paged KV gathered into a padded batch first (extra memory and time)")
+        if not _compile_enabled():
+            out.append("ANYATTN_FLEX_COMPILE=0: running uncompiled (unfused, slow)")
+        else:
+            out.append("first call per shape family compiles (seconds); later calls reuse it")
+        return out
+
+    # -- ops ---------------------------------------------------------------------------------
+    def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        o, lse = self._flex(q, k, v, None, None, None, causal, scale, window, softcap, alibi_slopes, sinks,
+                            return_lse)
+        return _finish(o, lse, out, return_lse)
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
+               window, softcap, alibi_slopes, sinks, return_lse, out):
+        hq, dv = q.shape[1], v.shape[-1]
+        if q.shape[0] == 0 or k.shape[0] == 0:
+            o = q.new_zeros(q.shape[0], hq, dv)
+            lse = q.new_full((hq, q.shape[0]), float("-inf"), dtype=torch.float32)
+            if sinks is not None:
+                lse = sinks.float().view(-1, 1).expand_as(lse).clone()
+            return _finish(o, lse, out, return_lse)
+        docs = _Documents(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0])
+        o, lse = self._flex(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), None, None, docs, causal, scale,
+                            window, softcap, alibi_slopes, sinks, return_lse)
+        o = o.squeeze(0)
+        lse = None if lse is None else lse.squeeze(0)
+        return _finish(o, lse, out, return_lse)
+
+    def paged(self, q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
+              causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        p = _padded.from_paged(q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q, max_seqlen_q,
+                               max_seqlen_k)
+        o, lse = self._flex(p.q, p.k, p.v, p.q_lens, p.k_lens, None, causal, scale, window, softcap,
+                            alibi_slopes, sinks, return_lse)
+        o, lse = _padded.to_packed(p, o, lse)
+        return _finish(o, lse, out, return_lse)
+
+    # -- the one place flex_attention is called ----------------------------------------------
+    def _flex(self, q, k, v, q_lens, k_lens, docs, causal, scale, window, softcap, alibi_slopes, sinks,
+              return_lse):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        b, sq, hq, _ = q.shape
+        sk = k.shape[1]
+        rel_fn = _relative_fn(sq, sk, q_lens, k_lens, docs)
+        mask_mod = _mask_mod(rel_fn, causal, window, q_lens, k_lens, docs)
+        block_mask = None
+        if mask_mod is not None:
+            block_mask = create_block_mask(mask_mod, b if (q_lens is not None) else None, None, sq, sk,
+                                           device=q.device)
+        score_mod = _score_mod(rel_fn, softcap, alibi_slopes, docs)
+        need_lse = return_lse or sinks is not None
+        kwargs = {"enable_gqa": hq != k.shape[2]}
+        if need_lse:
+            kwargs.update(_lse_kwargs())
+        compiled = _compile_enabled()
+        with warnings.catch_warnings():
+            if not compiled:  # the user asked for the unfused path; torch's advice is noise then
+                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            res = _flex_fn(compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                     score_mod=score_mod, block_mask=block_mask, scale=scale, **kwargs)
+        if need_lse:
+            o, aux = res
+            lse = getattr(aux, "lse", aux).float()  # (B, H, Sq)
+        else:
+            o, lse = res, None
+        o = o.transpose(1, 2)
+        if sinks is not None:
+            factor, lse = add_sinks_via_lse(o, lse, sinks, head_axis=1)
+            o = (o.float() * factor.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
+        # Rows with no visible key: flex leaves lse at -inf and the output at 0; keep it that way.
+        return o, lse
+
+
+class _Documents:
+    """Packed variable-length sequences as document ids, for one block mask over B=1."""
+
+    def __init__(self, cu_q, cu_k, tq, tk):
+        self.q_doc, self.q_pos = _padded._token_coordinates(cu_q, tq)
+        self.k_doc, self.k_pos = _padded._token_coordinates(cu_k, tk)
+        self.offset = (cu_k[1:] - cu_k[:-1] - (cu_q[1:] - cu_q[:-1])).long()
+
+
+def _relative_fn(sq, sk, q_lens, k_lens, docs):
+    """A function (b, q_idx, kv_idx) -> query position minus key position (bottom-right)."""
+    if docs is not None:
+        return lambda b, qi, ki: docs.q_pos[qi] + docs.offset[docs.q_doc[qi]] - docs.k_pos[ki]
+    if q_lens is not None:
+        off = k_lens - q_lens
+        return lambda b, qi, ki: qi + off[b] - ki
+    return lambda b, qi, ki: qi + (sk - sq) - ki
+
+
+def _mask_mod(rel_fn, causal, window, q_lens, k_lens, docs):
+    left, right = window
+    if not causal and left < 0 and right < 0 and q_lens is None and docs is None:
+        return None
+
+    def mask_mod(b, h, qi, ki):
+        rel = rel_fn(b, qi, ki)
+        keep = rel == rel  # all-true of the right shape, traceable
+        if causal:
+            keep = keep & (rel >= 0)
+        if left >= 0:
+            keep = keep & (rel <= left)
+        if right >= 0:
+            keep = keep & (rel >= -right)
+        if docs is not None:
+            keep = keep & (docs.q_doc[qi] == docs.k_doc[ki])
+        if q_lens is not None:
+            keep = keep & (qi < q_lens[b]) & (ki < k_lens[b])
+        return keep
+
+    return mask_mod
+
+
+def _score_mod(rel_fn, softcap, alibi_slopes, docs):
+    if softcap <= 0 and alibi_slopes is None:
+        return None
+    slopes = alibi_slopes
+    # Packed varlen runs as batch 0; the real sequence of a query token is its document.
+    batch_of = (lambda b, qi: docs.q_doc[qi]) if docs is not None else (lambda b, qi: b)
+
+    def score_mod(score, b, h, qi, ki):
+        if softcap > 0:
+            score = softcap * torch.tanh(score / softcap)
+        if slopes is not None:
+            slope = slopes[h] if slopes.dim() == 1 else slopes[batch_of(b, qi), h]
+            score = score - slope * torch.abs(rel_fn(b, qi, ki)).to(score.dtype)
+        return score
+
+    return score_mod
+
+
+def _lse_kwargs():
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        return {"return_aux": AuxRequest(lse=True)}
+    except ImportError:  # torch < 2.9
+        return {"return_lse": True}
+
+
+def _finish(o, lse, out, return_lse):
+    if out is not None:
+        out.copy_(o)
+        o = out
+    return o, (lse if return_lse else None)

@@ -1,0 +1,285 @@
+"""PyTorch's ``scaled_dot_product_attention`` and each of its kernels, forceable one by one.
+
+``sdpa`` lets torch pick its kernel; ``sdpa_flash``, ``sdpa_cudnn``, ``sdpa_efficient`` and
+``sdpa_math`` pin one with ``torch.nn.attention.sdpa_kernel``. On CUDA, whether a pinned kernel
+can take a request is asked of torch itself (``torch.backends.cuda.can_use_*_attention`` on
+small stand-in tensors of the request's shape signature), and torch's own explanation becomes
+the reason. Variable-length and paged calls are served by gathering into a padded batch with a
+mask: correct, but it costs memory and time, and the notes say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ..request import Request
+from . import _padded
+from .base import Backend, HeadDims, caps
+
+_HALF = {torch.float16, torch.bfloat16}
+_BASE_FEATURES = {"causal", "window", "alibi", "gqa", "out", "grad", "cuda_graph"}
+
+
+def _has_enable_gqa() -> bool:
+    import inspect
+
+    try:
+        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
+    except (TypeError, ValueError):  # builtins without a signature: torch >= 2.5 documents it
+        return tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+HAS_ENABLE_GQA = _has_enable_gqa()
+
+
+class SdpaBackend(Backend):
+    #: torch.nn.attention.SDPBackend member name, None = let torch choose
+    kernel: str | None = None
+    #: whether this kernel takes enable_gqa itself; otherwise K/V heads are repeated
+    native_gqa: bool = True
+    #: whether this kernel accepts an explicit attention mask / bias on CUDA
+    takes_mask: bool = True
+    caps = caps(
+        devices={"cpu", "cuda", "mps", "xpu"},
+        dtypes={torch.float16, torch.bfloat16, torch.float32},
+        ops={"attention", "varlen", "paged"},
+        features=_BASE_FEATURES,
+        head_dims=HeadDims(min=1, max=1 << 16),
+    )
+    name = "sdpa"
+    aliases = ("torch_sdpa", "sdpa_auto", "torch")
+    description = "torch.nn.functional.scaled_dot_product_attention, torch picks the kernel"
+
+    # -- selection ------------------------------------------------------------------------
+    def extra_reasons(self, req: Request) -> list[str]:
+        out = []
+        if req.device_type == "cuda" and not self.takes_mask and _needs_mask(req):
+            out.append("this kernel takes no attention mask, and " + _why_mask(req) + " needs one")
+        if req.gqa_ratio > 1 and self.native_gqa and not HAS_ENABLE_GQA:
+            out.append(f"torch {torch.__version__} has no enable_gqa (needs torch >= 2.5)")
+        if out or self.kernel is None or self.kernel == "MATH":
+            return out
+        return list(_torch_kernel_reasons(self.kernel, req, self.native_gqa))
+
+    def notes(self, req: Request) -> list[str]:
+        out = []
+        if req.op != "attention":
+            out.append(f"{req.op} served by gathering into a padded batch with a mask "
+                       "(extra memory and time; a native varlen/paged backend is faster)")
+        if req.gqa_ratio > 1 and not (self.native_gqa and HAS_ENABLE_GQA):
+            out.append("K/V heads repeated to match the query heads (this kernel has no native GQA)")
+        if _needs_mask(req):
+            out.append(f"a dense mask of Sq x Sk is built for {_why_mask(req)}")
+        return out
+
+    # -- ops --------------------------------------------------------------------------------
+    def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        sq, sk = q.shape[1], k.shape[1]
+        mask_needed = window != (-1, -1) or alibi_slopes is not None or (causal and sq != sk)
+        o = self._sdpa_padded(q, k, v, None, None, mask_needed, causal, scale, window, alibi_slopes)
+        return _finish(o, out)
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
+               window, softcap, alibi_slopes, sinks, return_lse, out):
+        p = _padded.from_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+        o = self._sdpa_padded(p.q, p.k, p.v, p.q_lens, p.k_lens, True, causal, scale, window, alibi_slopes)
+        return _finish(_padded.to_packed(p, o, None)[0], out)
+
+    def paged(self, q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
+              causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        p = _padded.from_paged(q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q, max_seqlen_q,
+                               max_seqlen_k)
+        o = self._sdpa_padded(p.q, p.k, p.v, p.q_lens, p.k_lens, True, causal, scale, window, alibi_slopes)
+        return _finish(_padded.to_packed(p, o, None)[0], out)
+
+    def _sdpa_padded(self, q, k, v, q_lens, k_lens, mask_needed, causal, scale, window, alibi_slopes):
+        if self.kernel not in (None, "MATH"):
+            # torch's fused kernels need a unit stride on the head dim; other strides are fine.
+            q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        group = q.shape[2] // k.shape[2]
+        kwargs = {}
+        if group > 1:
+            if self.native_gqa and HAS_ENABLE_GQA:
+                kwargs["enable_gqa"] = True
+            else:
+                kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
+        mask = None
+        empty_rows = None
+        if mask_needed:
+            sq, sk = q.shape[1], k.shape[1]
+            rel = _padded.relative_position(sq, sk, q_lens, k_lens, q.device)
+            keep = _padded.visible(rel, sq, sk, q_lens, k_lens, causal=causal, window=window).unsqueeze(1)
+            empty_rows = ~keep.any(-1, keepdim=True)  # (B|1, 1, Sq, 1)
+            # A fully masked row would give NaN; let it see key 0 and zero it afterwards.
+            keep = keep | (empty_rows & (torch.arange(sk, device=q.device) == 0))
+            if alibi_slopes is not None:
+                bias = _padded.alibi_bias(rel, alibi_slopes)
+                mask = bias.masked_fill(~keep, float("-inf")).to(q.dtype)
+            else:
+                mask = keep
+            causal_flag = False
+        else:
+            causal_flag = causal
+        with _kernel_context(self.kernel):
+            o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal_flag,
+                                               scale=scale, **kwargs)
+        if empty_rows is not None:
+            o = o.masked_fill(empty_rows, 0.0)
+        return o.transpose(1, 2)
+
+
+def _finish(o, out):
+    if out is not None:
+        out.copy_(o)
+        return out, None
+    return o, None
+
+
+def _needs_mask(req: Request) -> bool:
+    return req.window or req.alibi or req.causal_offset or req.op != "attention"
+
+
+def _why_mask(req: Request) -> str:
+    why = []
+    if req.op != "attention":
+        why.append(f"{req.op} (padding)")
+    if req.window:
+        why.append("the sliding window")
+    if req.alibi:
+        why.append("ALiBi")
+    if req.causal_offset and req.op == "attention":
+        why.append("causal with Sq != Sk (lower-right)")
+    return " and ".join(why) or "nothing"
+
+
+def _kernel_context(kernel: str | None):
+    if kernel is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, kernel))
+
+
+@functools.lru_cache(maxsize=256)
+def _torch_kernel_reasons(kernel: str, req: Request, native_gqa: bool) -> tuple[str, ...]:
+    """Ask torch whether ``kernel`` would run a call of this signature, and why not."""
+    if req.device_type != "cuda":
+        return _trial_reasons(kernel, req, native_gqa)
+    can_use = {
+        "FLASH_ATTENTION": getattr(torch.backends.cuda, "can_use_flash_attention", None),
+        "EFFICIENT_ATTENTION": getattr(torch.backends.cuda, "can_use_efficient_attention", None),
+        "CUDNN_ATTENTION": getattr(torch.backends.cuda, "can_use_cudnn_attention", None),
+    }[kernel]
+    if can_use is None:
+        return (f"torch {torch.__version__} has no {kernel.lower()} kernel check (kernel missing)",)
+    q, k, v, mask, gqa = _stand_ins(req, native_gqa)
+    try:
+        params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, req.causal and mask is None, gqa)
+    except TypeError:  # torch < 2.5: no enable_gqa argument
+        params = torch.backends.cuda.SDPAParams(q, k, v, mask, 0.0, req.causal and mask is None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = can_use(params, True)
+    if ok:
+        return ()
+    return _clean_torch_warnings(caught) or (f"torch says the {kernel.lower()} kernel cannot run this",)
+
+
+def _clean_torch_warnings(caught) -> tuple[str, ...]:
+    """torch's kernel-check warnings, minus its headers and source locations."""
+    texts = []
+    for w in caught:
+        text = re.sub(r"\s*\(Triggered internally at [^)]*\)\.?", "", str(w.message)).strip()
+        first = text.splitlines()[0].strip() if text else ""
+        if first and not first.endswith("because:"):
+            texts.append(first)
+    return tuple(dict.fromkeys(texts))
+
+
+def _stand_ins(req: Request, native_gqa: bool):
+    dev = torch.device(req.device_type, req.device_index) if req.device_index is not None else req.device_type
+    hkv = 2
+    hq = hkv * req.gqa_ratio
+    gqa = req.gqa_ratio > 1 and native_gqa and HAS_ENABLE_GQA
+    if req.gqa_ratio > 1 and not gqa:
+        hkv = hq
+    sq, sk = 16, 32 if req.causal_offset else 16
+    q = torch.empty(1, hq, sq, req.head_dim, dtype=req.dtype, device=dev, requires_grad=req.grad)
+    k = torch.empty(1, hkv, sk, req.head_dim, dtype=req.dtype, device=dev, requires_grad=req.grad)
+    v = torch.empty(1, hkv, sk, req.head_dim_v, dtype=req.dtype, device=dev, requires_grad=req.grad)
+    mask = None
+    if _needs_mask(req):
+        mask = (torch.empty(1, hq, sq, sk, dtype=req.dtype, device=dev) if req.alibi
+                else torch.ones(1, 1, sq, sk, dtype=torch.bool, device=dev))
+    return q, k, v, mask, gqa
+
+
+def _trial_reasons(kernel: str, req: Request, native_gqa: bool) -> tuple[str, ...]:
+    """Off CUDA torch has no can_use_* checks: run the kernel once on tiny inputs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v, mask, gqa = _stand_ins(req, native_gqa)
+    q, k, v = (torch.randn_like(t) for t in (q, k, v))
+    if mask is not None and mask.dtype != torch.bool:
+        mask = torch.zeros_like(mask)
+    kwargs = {"enable_gqa": True} if gqa else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel(getattr(SDPBackend, kernel)):
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=req.causal and mask is None,
+                                               **kwargs)
+        except RuntimeError as exc:
+            return _clean_torch_warnings(caught) or (str(exc).splitlines()[0],)
+    return ()
+
+
+class SdpaFlash(SdpaBackend):
+    name = "sdpa_flash"
+    aliases = ("flash_sdp", "torch_flash", "sdpa_fa2")
+    description = "torch SDPA's FlashAttention-2 kernel (CUDA sm80+), or its CPU flash kernel"
+    kernel = "FLASH_ATTENTION"
+    takes_mask = False
+    caps = caps(devices={"cuda", "cpu"}, dtypes={torch.float16, torch.bfloat16, torch.float32},
+                ops={"attention", "varlen", "paged"}, features=_BASE_FEATURES,
+                head_dims=HeadDims(min=1, max=256))
+
+    def extra_reasons(self, req: Request) -> list[str]:
+        if req.device_type == "cuda" and req.dtype not in _HALF:
+            return ["the CUDA flash kernel takes float16/bfloat16 only"]
+        return super().extra_reasons(req)
+
+
+class SdpaCudnn(SdpaBackend):
+    name = "sdpa_cudnn"
+    aliases = ("cudnn", "cudnn_attention", "torch_cudnn")
+    description = "torch SDPA's cuDNN attention kernel (CUDA)"
+    kernel = "CUDNN_ATTENTION"
+    native_gqa = False
+    caps = caps(devices={"cuda"}, dtypes=_HALF, ops={"attention", "varlen", "paged"},
+                features=_BASE_FEATURES, head_dims=HeadDims(min=1, max=256), min_capability=(8, 0))
+
+
+class SdpaEfficient(SdpaBackend):
+    name = "sdpa_efficient"
+    aliases = ("efficient", "mem_efficient", "memory_efficient", "torch_efficient")
+    description = "torch SDPA's memory-efficient (xFormers-derived) kernel (CUDA)"
+    kernel = "EFFICIENT_ATTENTION"
+    native_gqa = False
+    caps = caps(devices={"cuda"}, dtypes={torch.float16, torch.bfloat16, torch.float32},
+                ops={"attention", "varlen", "paged"}, features=_BASE_FEATURES, head_dims=HeadDims(min=1))
+
+
+class SdpaMath(SdpaBackend):
+    name = "sdpa_math"
+    aliases = ("math", "torch_math")
+    description = "torch SDPA's math kernel (any device; unfused, O(S^2) memory)"
+    kernel = "MATH"

@@ -1,0 +1,131 @@
+"""The ``anyattn`` command: backends, which, doctor, explain, plan, bench.
+
+Every subcommand prints rich tables for people and, with ``--json``, a stable JSON document
+for programs (schemas in the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def cmd_backends(args) -> int:
+    from . import selector
+
+    statuses = selector.backend_statuses(args.device)
+    if args.json:
+        _print_json({"device": args.device or _default_device(), "backends": [s.to_dict() for s in statuses]})
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"anyattn backends on {args.device or _default_device()}")
+    for col in ("backend", "installed", "version", "usable", "why not / what"):
+        table.add_column(col)
+    for s in statuses:
+        usable = "[green]yes[/]" if s.usable else "[red]no[/]"
+        why = "\n".join(s.reasons) if s.reasons else s.description
+        table.add_row(s.name, "yes" if s.installed else "no", s.version or "-", usable, why)
+    _console().print(table)
+    return 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_which(args) -> int:
+    from . import selector
+
+    try:
+        decision = selector.decide_for(
+            op=args.op, dtype=args.dtype, head_dim=args.head_dim, head_dim_v=args.head_dim_v,
+            causal=args.causal, gqa=args.gqa, window=args.window, softcap=args.softcap, alibi=args.alibi,
+            sinks=args.sinks, lse=args.lse, grad=args.grad, block_size=args.block_size, device=args.device,
+            backend=args.backend)
+    except (ValueError, TypeError) as exc:
+        print(f"anyattn which: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(decision.to_dict())
+    else:
+        _console().print(decision)
+    return 0 if decision.chosen else 1
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="anyattn", description="Fast attention that always installs, "
+                                     "always runs, and says why.")
+    parser.add_argument("--version", action="version", version=f"anyattn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("backends", help="every backend: installed, version, usable here, why not")
+    p.add_argument("--device", help="device to evaluate (default: cuda if available, else cpu)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("which", help="the backend ranking for a described request on this machine")
+    p.add_argument("--op", choices=["attention", "varlen", "paged"], default="attention")
+    p.add_argument("--dtype", default="bf16", help="fp16, bf16 or fp32 (default bf16)")
+    p.add_argument("--head-dim", type=_positive, default=128)
+    p.add_argument("--head-dim-v", type=_positive, default=None, help="V head dim if it differs")
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--gqa", type=_positive, default=1, help="query heads per KV head")
+    p.add_argument("--window", type=int, default=None, help="sliding window size (left) in tokens")
+    p.add_argument("--softcap", type=float, default=0.0)
+    p.add_argument("--alibi", action="store_true")
+    p.add_argument("--sinks", action="store_true")
+    p.add_argument("--lse", action="store_true", help="the caller needs the log-sum-exp")
+    p.add_argument("--grad", action="store_true", help="the caller needs a backward")
+    p.add_argument("--block-size", type=_positive, default=None, help="paged KV block size (default 16)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--backend", default=None, help="a forced name or comma-separated preference")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_which)
+
+    # Subcommands that live in their own packages register themselves.
+    for module in ("anyattn.doctor.cli", "anyattn.bench"):
+        try:
+            importlib.import_module(module).register(sub)
+        except ImportError as exc:  # a missing optional part must not take the CLI down
+            name = module.rsplit(".", 1)[-1]
+            p = sub.add_parser(name, help=f"(unavailable: {exc})")
+            p.set_defaults(func=lambda a, e=exc: (print(f"anyattn: {e}", file=sys.stderr), 2)[1])
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""What a call asks for: validation of the user's tensors and the request signature.
+
+A :class:`Request` is the part of a call that decides which backend can serve it (op, device,
+dtype, head dims, feature flags) and nothing else, so it can key the decision cache. Sequence
+lengths are deliberately absent; the one exception is whether a causal call has ``Sq != Sk``,
+because SDPA's own causal flag is top-left aligned and then needs a bias.
+
+All validation here looks at metadata only (shapes, dtypes, devices): nothing reads device
+memory, so nothing synchronises with the GPU. Checks that need the data (monotone cu_seqlens,
+block ids in range) run only with ``ANYATTN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import NamedTuple
+
+import torch
+
+OPS = ("attention", "varlen", "paged")
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32",
+                torch.float64: "float64"}
+DTYPE_ALIASES = {
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def parse_dtype(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return DTYPE_ALIASES[str(value).lower()]
+    except KeyError:
+        raise ValueError(f"dtype: expected one of {sorted(DTYPE_ALIASES)}, got {value!r}") from None
+
+
+class Request(NamedTuple):
+    """Hashable signature of a call: everything backend support depends on."""
+
+    op: str
+    device_type: str
+    device_index: int | None
+    capability: tuple[int, int] | None  # CUDA compute capability, None elsewhere
+    dtype: torch.dtype
+    head_dim: int
+    head_dim_v: int
+    gqa_ratio: int  # Hq // Hkv (1 = plain multi-head)
+    causal: bool
+    window: bool  # a sliding window bounds at least one side
+    softcap: bool
+    alibi: bool
+    sinks: bool
+    lse: bool
+    out: bool
+    grad: bool  # autograd will need a backward
+    causal_offset: bool  # causal with Sq != Sk (lower-right alignment matters)
+    block_size: int | None = None  # paged KV only
+
+    def describe(self) -> str:
+        feats = [f for f in ("causal", "window", "softcap", "alibi", "sinks", "lse", "out", "grad")
+                 if getattr(self, f)]
+        dev = self.device_type if self.device_index is None else f"{self.device_type}:{self.device_index}"
+        if self.capability:
+            dev += f" (sm{self.capability[0]}{self.capability[1]})"
+        hd = f"{self.head_dim}" if self.head_dim == self.head_dim_v else f"{self.head_dim}/{self.head_dim_v}"
+        parts = [self.op, dev, dtype_name(self.dtype), f"head_dim={hd}"]
+        if self.gqa_ratio > 1:
+            parts.append(f"gqa={self.gqa_ratio}")
+        if self.block_size is not None:
+            parts.append(f"block_size={self.block_size}")
+        if feats:
+            parts.append("+".join(feats))
+        return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def device_capability(device_type: str, index: int | None) -> tuple[int, int] | None:
+    if device_type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device()))
+
+
+def debug_checks_enabled() -> bool:
+    return os.environ.get("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
+
+
+# --------------------------------------------------------------------------------------------
+# Validation helpers. Messages name the argument, what was expected and what was given.
+# --------------------------------------------------------------------------------------------
+
+def _require_tensor(name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+
+
+def _require_rank(name: str, t: torch.Tensor, rank: int, layout: str) -> None:
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected a {rank}-D tensor {layout}, got shape {tuple(t.shape)}")
+
+
+def _require_int_tensor(name: str, t, rank: int, device: torch.device, length: int | None = None) -> None:
+    _require_tensor(name, t)
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name}: expected dtype torch.int32, got {t.dtype}")
+    if t.dim() != rank:
+        raise ValueError(f"{name}: expected a {rank}-D tensor, got shape {tuple(t.shape)}")
+    if length is not None and t.shape[0] != length:
+        raise ValueError(f"{name}: expected length {length}, got shape {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device} (where q is), got {t.device}")
+
+
+def _check_qkv_common(q, k, v, q_head_axis: int, kv_head_axis: int,
+                      names: tuple[str, str] = ("k", "v")) -> tuple[int, int, int, int]:
+    """Dtype/device/head checks shared by the three ops; returns (Hq, Hkv, D, Dv)."""
+    if q.dtype not in SUPPORTED_DTYPES and q.dtype != torch.float64:
+        raise TypeError(f"q: expected dtype float16, bfloat16 or float32, got {q.dtype}")
+    kn, vn = names
+    for name, t in ((kn, k), (vn, v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {q.dtype} (same as q), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected a tensor on {q.device} (where q is), got {t.device}")
+    hq, hkv, hv = q.shape[q_head_axis], k.shape[kv_head_axis], v.shape[kv_head_axis]
+    d, dk, dv = q.shape[-1], k.shape[-1], v.shape[-1]
+    if dk != d:
+        raise ValueError(f"{kn}: expected head dim {d} (same as q), got {dk}")
+    if hv != hkv:
+        raise ValueError(f"{vn}: expected {hkv} heads (same as {kn}), got {hv}")
+    if hkv == 0 or hq % hkv != 0:
+        raise ValueError(f"{kn}: number of KV heads must divide the {hq} query heads (MQA/GQA), got {hkv}")
+    if d == 0 or dv == 0:
+        raise ValueError(f"q/v: head dims must be positive, got D={d}, Dv={dv}")
+    return hq, hkv, d, dv
+
+
+def normalize_options(*, scale, window, softcap, alibi_slopes, sinks, q: torch.Tensor,
+                      num_heads: int, batch: int | None) -> tuple[float, tuple[int, int], float]:
+    """Check the scalar and side-tensor options; returns (scale, window, softcap) normalised."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    else:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"scale: expected a float, got {type(scale).__name__}")
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale: expected a finite positive number, got {scale}")
+    if (not isinstance(window, (tuple, list)) or len(window) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) for w in window)):
+        raise TypeError(f"window: expected a pair of ints (left, right), got {window!r}")
+    left, right = int(window[0]), int(window[1])
+    if left < -1 or right < -1:
+        raise ValueError(f"window: expected each side >= 0 or -1 (unbounded), got {(left, right)}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap: expected a float, got {type(softcap).__name__}")
+    softcap = float(softcap)
+    if not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"softcap: expected a finite number >= 0 (0 disables), got {softcap}")
+    if alibi_slopes is not None:
+        _require_tensor("alibi_slopes", alibi_slopes)
+        if alibi_slopes.dtype != torch.float32:
+            raise TypeError(f"alibi_slopes: expected dtype torch.float32, got {alibi_slopes.dtype}")
+        ok_shapes = [(num_heads,)] + ([(batch, num_heads)] if batch is not None else [])
+        if tuple(alibi_slopes.shape) not in ok_shapes:
+            raise ValueError(f"alibi_slopes: expected shape {' or '.join(map(str, ok_shapes))}, "
+                             f"got {tuple(alibi_slopes.shape)}")
+        if alibi_slopes.device != q.device:
+            raise ValueError(f"alibi_slopes: expected a tensor on {q.device}, got {alibi_slopes.device}")
+    if sinks is not None:
+        _require_tensor("sinks", sinks)
+        if not sinks.is_floating_point():
+            raise TypeError(f"sinks: expected a floating-point tensor, got {sinks.dtype}")
+        if tuple(sinks.shape) != (num_heads,):
+            raise ValueError(f"sinks: expected shape ({num_heads},), got {tuple(sinks.shape)}")
+        if sinks.device != q.device:
+            raise ValueError(f"sinks: expected a tensor on {q.device}, got {sinks.device}")
+    return scale, (left, right), softcap
+
+
+def check_out_and_lse(out, expected_shape: tuple[int, ...], q: torch.Tensor) -> None:
+    if out is None:
+        return
+    _require_tensor("out", out)
+    if tuple(out.shape) != expected_shape:
+        raise ValueError(f"out: expected shape {expected_shape}, got {tuple(out.shape)}")
+    if out.dtype != q.dtype:
+        raise TypeError(f"out: expected dtype {q.dtype} (same as q), got {out.dtype}")
+    if out.device != q.device:
+        raise ValueError(f"out: expected a tensor on {q.device}, got {out.device}")
+
+
+def _grad_needed(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _make_request(op, q, d, dv, hq, hkv, *, causal, window, softcap, alibi_slopes, sinks,
+                  return_lse, out, grad, causal_offset, block_size=None) -> Request:
+    dev = q.device
+    return Request(
+        op=op, device_type=dev.type, device_index=dev.index,
+        capability=device_capability(dev.type, dev.index), dtype=q.dtype,
+        head_dim=d, head_dim_v=dv, gqa_ratio=hq // hkv, causal=bool(causal),
+        window=window != (-1, -1), softcap=softcap > 0, alibi=alibi_slopes is not None,
+        sinks=sinks is not None, lse=bool(return_lse), out=out is not None, grad=grad,
+        causal_offset=bool(causal) and causal_offset, block_size=block_size,
+    )
+
+
+def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _require_tensor(name, t)
+        _require_rank(name, t, 4, "(batch, seqlen, heads, head_dim)")
+    hq, hkv, d, dv = _check_qkv_common(q, k, v, q_head_axis=2, kv_head_axis=2)
+    b, sq, _, _ = q.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"k/v: expected batch {b} (same as q), got {k.shape[0]} and {v.shape[0]}")
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"v: expected seqlen {k.shape[1]} (same as k), got {v.shape[1]}")
+    scale, window, softcap = normalize_options(scale=scale, window=window, softcap=softcap,
+                                               alibi_slopes=alibi_slopes, sinks=sinks, q=q,
+                                               num_heads=hq, batch=b)
+    check_out_and_lse(out, (b, sq, hq, dv), q)
+    req = _make_request("attention", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+                        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
+                        grad=_grad_needed(q, k, v, sinks), causal_offset=sq != k.shape[1])
+    return req, scale, window, softcap
+
+
+def _check_cu_seqlens(name, cu, device, batch_plus_one=None):
+    _require_int_tensor(name, cu, 1, device, batch_plus_one)
+    if cu.shape[0] < 2:
+        raise ValueError(f"{name}: expected at least 2 entries (batch + 1), got shape {tuple(cu.shape)}")
+
+
+def _check_max_seqlen(name, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a Python int (not a tensor: reading one would synchronise "
+                        f"with the device), got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name}: expected >= 0, got {value}")
+
+
+def _debug_check_cu_seqlens(name, cu, total, max_seqlen):
+    lengths = (cu[1:] - cu[:-1]).cpu()
+    if int(cu[0]) != 0:
+        raise ValueError(f"{name}: expected cu[0] == 0, got {int(cu[0])}")
+    if bool((lengths < 0).any()):
+        raise ValueError(f"{name}: expected non-decreasing offsets, got {cu.tolist()}")
+    if int(cu[-1]) != total:
+        raise ValueError(f"{name}: expected last offset == {total} packed tokens, got {int(cu[-1])}")
+    if max_seqlen is not None and lengths.numel() and int(lengths.max()) > max_seqlen:
+        raise ValueError(f"{name}: a sequence has {int(lengths.max())} tokens, more than the max_seqlen "
+                         f"{max_seqlen} you passed")
+
+
+def varlen_request(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
+                   window, softcap, alibi_slopes, sinks, return_lse, out):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _require_tensor(name, t)
+        _require_rank(name, t, 3, "(total_tokens, heads, head_dim)")
+    hq, hkv, d, dv = _check_qkv_common(q, k, v, q_head_axis=1, kv_head_axis=1)
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"v: expected {k.shape[0]} tokens (same as k), got {v.shape[0]}")
+    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device)
+    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, cu_seqlens_q.shape[0])
+    _check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    _check_max_seqlen("max_seqlen_k", max_seqlen_k)
+    batch = cu_seqlens_q.shape[0] - 1
+    scale, window, softcap = normalize_options(scale=scale, window=window, softcap=softcap,
+                                               alibi_slopes=alibi_slopes, sinks=sinks, q=q,
+                                               num_heads=hq, batch=batch)
+    check_out_and_lse(out, (q.shape[0], hq, dv), q)
+    if debug_checks_enabled():
+        _debug_check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        _debug_check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    # Per-sequence lengths differ, so lower-right alignment always matters for causal varlen.
+    req = _make_request("varlen", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+                        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
+                        grad=_grad_needed(q, k, v, sinks), causal_offset=True)
+    return req, scale, window, softcap
+
+
+def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q,
+                  max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+    _require_tensor("q", q)
+    _require_rank("q", q, 3, "(total_tokens, heads, head_dim)")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        _require_tensor(name, t)
+        _require_rank(name, t, 4, "(num_blocks, block_size, kv_heads, head_dim)")
+    hq, hkv, d, dv = _check_qkv_common(q, k_cache, v_cache, q_head_axis=1, kv_head_axis=2,
+                                       names=("k_cache", "v_cache"))
+    if v_cache.shape[:2] != k_cache.shape[:2]:
+        raise ValueError(f"v_cache: expected (num_blocks, block_size) = {tuple(k_cache.shape[:2])} "
+                         f"(same as k_cache), got {tuple(v_cache.shape[:2])}")
+    _require_int_tensor("block_table", block_table, 2, q.device)
+    batch = block_table.shape[0]
+    _require_int_tensor("seqused_k", seqused_k, 1, q.device, batch)
+    if cu_seqlens_q is None:
+        if q.shape[0] != batch:
+            raise ValueError(f"q: without cu_seqlens_q each sequence has one query token, so expected "
+                             f"{batch} tokens (block_table rows), got {q.shape[0]}")
+        if max_seqlen_q != 1:
+            raise ValueError(f"max_seqlen_q: expected 1 without cu_seqlens_q, got {max_seqlen_q}")
+    else:
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, batch + 1)
+    _check_max_seqlen("max_seqlen_q", max_seqlen_q)
+    _check_max_seqlen("max_seqlen_k", max_seqlen_k, allow_none=True)
+    block_size = k_cache.shape[1]
+    if block_size <= 0:
+        raise ValueError(f"k_cache: expected a positive block size, got {block_size}")
+    scale, window, softcap = normalize_options(scale=scale, window=window, softcap=softcap,
+                                               alibi_slopes=alibi_slopes, sinks=sinks, q=q,
+                                               num_heads=hq, batch=batch)
+    check_out_and_lse(out, (q.shape[0], hq, dv), q)
+    if debug_checks_enabled():
+        if cu_seqlens_q is not None:
+            _debug_check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        bt = block_table.cpu()
+        used_blocks = (seqused_k.cpu().long() + block_size - 1) // block_size
+        if bool((used_blocks > block_table.shape[1]).any()):
+            raise ValueError("seqused_k: a sequence needs more blocks than block_table has columns")
+        for b in range(batch):
+            ids = bt[b, : int(used_blocks[b])]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]):
+                raise ValueError(f"block_table: row {b} has block ids outside [0, {k_cache.shape[0]})")
+        if cu_seqlens_q is not None:
+            nq = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
+            if bool((nq > seqused_k.cpu()).any()):
+                raise ValueError("cu_seqlens_q: a sequence has more query tokens than seqused_k keys")
+    req = _make_request("paged", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+                        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
+                        grad=_grad_needed(q, k_cache, v_cache, sinks), causal_offset=True,
+                        block_size=block_size)
+    return req, scale, window, softcap

@@ -1,0 +1,437 @@
+"""Which backend serves a call, and why.
+
+Precedence: the ``backend=`` argument or an enclosing ``use_backend(...)`` > the environment
+variable ``ANYATTN_BACKEND`` > the automatic ranking. A single name is strict: if that backend
+cannot serve the call, an error carries its reasons and nothing else runs. A comma-separated
+list (or a Python list) is an ordered preference: its first backend that can serve wins.
+
+The decision for a request signature is cached, so a steady-state call costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import difflib
+import logging
+import os
+from dataclasses import dataclass, field
+
+from . import backends
+from .request import Request, dtype_name
+
+log = logging.getLogger("anyattn")
+ENV_VAR = "ANYATTN_BACKEND"
+
+# --------------------------------------------------------------------------------------------
+# The automatic ranking: fastest first, per GPU family and op. Backends that cannot serve a
+# request drop out with their reasons; the first left wins.
+#
+# Why this order:
+# * Hopper (sm90): FlashAttention-3 is the fastest dense/varlen/paged kernel on sm90 (~650
+#   TFLOP/s bf16 d128, published). cuDNN attention through SDPA follows closely (612 TFLOP/s
+#   measured on this workplace's H200) and needs no extra install. anyattn's own Triton kernels
+#   come next (docs/PERF.md has their numbers), ahead of FA2 (353 TFLOP/s through SDPA: it has no
+#   wgmma path), FlexAttention (491 but compiles per shape family) and the rest.
+#   FlashInfer leads paged decode after FA3: it is built for it.
+# * Ampere/Ada (sm80-sm89): FA2 is the reference kernel there; torch's flash kernel is the same
+#   code; cuDNN is close; Triton, xFormers and Flex follow.
+# * Blackwell (sm100+): FA2/FA3 wheels lag; FlashInfer and cuDNN ship sm100 kernels first
+#   (vLLM defaults to FlashInfer there).
+# * Pre-Ampere (sm70/sm75, T4/V100): FlashAttention refuses these GPUs; xFormers' cutlass kernel
+#   and torch's memory-efficient kernel run there.
+# * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape
+#   family) so it only leads for what SDPA lacks (softcap, lse, sinks); the reference last.
+# Varlen/paged: native kernels first, gathering fallbacks (SDPA, Flex paged) after them.
+# --------------------------------------------------------------------------------------------
+_FALLBACKS = ["sdpa_efficient", "sdpa_math", "reference"]
+AUTO_ORDER: dict[str, dict[str, list[str]]] = {
+    "hopper": {
+        "attention": ["flash_attn_3", "sdpa_cudnn", "triton", "flash_attn", "sdpa_flash", "flex",
+                      "xformers", "flashinfer", *_FALLBACKS],
+        "varlen": ["flash_attn_3", "triton", "flash_attn", "flashinfer", "xformers", "flex",
+                   "sdpa_cudnn", *_FALLBACKS],
+        "paged": ["flash_attn_3", "flashinfer", "triton", "flash_attn", "flex", "sdpa_cudnn", *_FALLBACKS],
+    },
+    "ampere": {
+        "attention": ["flash_attn", "sdpa_flash", "sdpa_cudnn", "triton", "xformers", "flex",
+                      "flashinfer", *_FALLBACKS],
+        "varlen": ["flash_attn", "triton", "flashinfer", "xformers", "flex", "sdpa_flash", *_FALLBACKS],
+        "paged": ["flashinfer", "flash_attn", "triton", "flex", "sdpa_flash", *_FALLBACKS],
+    },
+    "blackwell": {
+        "attention": ["flashinfer", "sdpa_cudnn", "flash_attn", "triton", "sdpa_flash", "flex",
+                      "xformers", *_FALLBACKS],
+        "varlen": ["flashinfer", "flash_attn", "triton", "flex", "xformers", "sdpa_cudnn", *_FALLBACKS],
+        "paged": ["flashinfer", "flash_attn", "triton", "flex", "sdpa_cudnn", *_FALLBACKS],
+    },
+    "pre_ampere": {
+        "attention": ["xformers", "sdpa_efficient", "triton", "flex", "sdpa_math", "reference"],
+        "varlen": ["xformers", "triton", "flex", "sdpa_efficient", "sdpa_math", "reference"],
+        "paged": ["triton", "flex", "sdpa_efficient", "sdpa_math", "reference"],
+    },
+    "cpu": {
+        "attention": ["sdpa_flash", "sdpa_math", "flex", "reference"],
+        "varlen": ["sdpa_flash", "sdpa_math", "flex", "reference"],
+        "paged": ["sdpa_flash", "sdpa_math", "flex", "reference"],
+    },
+    "other": {  # mps, xpu, ...: whatever torch runs there
+        "attention": ["sdpa", "sdpa_math", "reference"],
+        "varlen": ["sdpa", "sdpa_math", "reference"],
+        "paged": ["sdpa", "sdpa_math", "reference"],
+    },
+}
+
+
+def device_family(req: Request) -> str:
+    if req.device_type == "cpu":
+        return "cpu"
+    if req.device_type != "cuda" or req.capability is None:
+        return "other"
+    major = req.capability[0]
+    if major >= 10:
+        return "blackwell"
+    if major == 9:
+        return "hopper"
+    if major == 8:
+        return "ampere"
+    return "pre_ampere"
+
+
+def auto_order(req: Request) -> list[str]:
+    order = AUTO_ORDER[device_family(req)][req.op]
+    # Backends without a rank here (plain `sdpa`, plugins) are still evaluated and explained.
+    return order + [n for n in backends.names() if n not in order]
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+_EXTRA_ALIASES = {
+    "flash_attn": ("flash_attn", "flash_attn_2", "flashattn", "flash_attention", "fa2", "fa"),
+    "flash_attn_3": ("fa3", "flash_attn3", "flashattn3", "flash_attention_3", "hopper", "flash_attn_interface"),
+    "flashinfer": ("flash_infer",),
+    "xformers": ("xformers_attn", "xformers_memory_efficient", "memory_efficient_attention"),
+    "triton": ("triton_attn", "anyattn_triton", "triton_attention"),
+}
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _alias_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for canonical in backends.names():
+        table[canonical] = canonical
+        try:
+            inst = backends.get(canonical)
+            aliases = inst.aliases
+        except Exception:  # noqa: BLE001 - a broken adapter module must not break name lookup
+            aliases = ()
+        for alias in (*aliases, *_EXTRA_ALIASES.get(canonical, ())):
+            table.setdefault(_normalize(alias), canonical)
+    return table
+
+
+def resolve_name(name: str) -> str:
+    """Canonical backend name for ``name`` (case-insensitive, aliases accepted)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend: expected a name (str), got {type(name).__name__}")
+    table = _alias_table()
+    key = _normalize(name)
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, list(table), n=1, cutoff=0.5)
+    hint = f" Did you mean {table[close[0]]!r}?" if close else ""
+    raise ValueError(f"backend: unknown name {name!r}.{hint} Valid names: {', '.join(backends.names())} "
+                     "(case-insensitive; aliases such as FLASH_ATTN, fa3, TRITON_ATTN, cudnn work too)")
+
+
+def parse_preference(value) -> tuple[str, ...]:
+    """'a,b' or ['a', 'b'] or 'a' -> canonical names, in order, duplicates removed."""
+    if isinstance(value, str):
+        parts = [p for p in value.split(",") if p.strip()]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise TypeError(f"backend: expected a name, a comma-separated string or a list of names, "
+                        f"got {type(value).__name__}")
+    if not parts:
+        raise ValueError(f"backend: expected at least one backend name, got {value!r}")
+    return tuple(dict.fromkeys(resolve_name(p) for p in parts))
+
+
+_context_pref: contextvars.ContextVar = contextvars.ContextVar("anyattn_backend", default=None)
+
+
+@contextlib.contextmanager
+def use_backend(name_or_list):
+    """Within this block, calls use ``name_or_list`` (strict for one name, ordered for a list)."""
+    pref = parse_preference(name_or_list)
+    token = _context_pref.set(pref)
+    try:
+        yield pref
+    finally:
+        _context_pref.reset(token)
+
+
+# --------------------------------------------------------------------------------------------
+# Decisions
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    name: str
+    status: str  # chosen | usable | rejected | unavailable | not installed | not requested
+    reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    version: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "status": self.status, "reasons": self.reasons, "notes": self.notes,
+                "version": self.version}
+
+
+@dataclass
+class Decision:
+    request: Request
+    source: str  # "backend= argument" | "use_backend()" | "ANYATTN_BACKEND" | "automatic"
+    preference: tuple[str, ...] | None
+    chosen: str | None
+    candidates: list[Candidate]
+
+    @property
+    def strict(self) -> bool:
+        return self.preference is not None and len(self.preference) == 1
+
+    def to_dict(self) -> dict:
+        r = self.request
+        return {
+            "request": {"op": r.op, "device": r.device_type if r.device_index is None else f"{r.device_type}:{r.device_index}",
+                        "capability": list(r.capability) if r.capability else None,
+                        "dtype": dtype_name(r.dtype), "head_dim": r.head_dim, "head_dim_v": r.head_dim_v,
+                        "gqa_ratio": r.gqa_ratio, "causal": r.causal, "window": r.window,
+                        "softcap": r.softcap, "alibi": r.alibi, "sinks": r.sinks, "lse": r.lse,
+                        "out": r.out, "grad": r.grad, "block_size": r.block_size},
+            "source": self.source,
+            "preference": list(self.preference) if self.preference else None,
+            "chosen": self.chosen,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+    def summary(self) -> str:
+        lines = [f"request: {self.request.describe()}",
+                 f"selection: {self.source}" + (f" {','.join(self.preference)}" if self.preference else ""),
+                 f"chosen: {self.chosen or 'none'}"]
+        for c in self.candidates:
+            text = "; ".join(c.reasons or c.notes)
+            lines.append(f"  {c.name:15s} {c.status:14s} {text}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def __rich__(self):
+        from rich.table import Table
+
+        table = Table(title=f"{self.request.describe()} -> {self.chosen or 'no backend'}",
+                      caption=f"selection: {self.source}" + (f" ({', '.join(self.preference)})" if self.preference else ""))
+        table.add_column("#", justify="right")
+        table.add_column("backend")
+        table.add_column("status")
+        table.add_column("why")
+        styles = {"chosen": "bold green", "usable": "green", "rejected": "yellow",
+                  "unavailable": "red", "not installed": "dim", "not requested": "dim"}
+        for i, c in enumerate(self.candidates, 1):
+            why = "\n".join(c.reasons) if c.reasons else "\n".join(c.notes)
+            table.add_row(str(i), c.name, f"[{styles.get(c.status, '')}]{c.status}[/]", why)
+        return table
+
+
+class NoBackendError(RuntimeError):
+    """No backend (or not the one you forced) can serve this call. ``.decision`` says why."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+        if decision.strict:
+            name = decision.preference[0]
+            cand = next(c for c in decision.candidates if c.name == name)
+            head = (f"backend {name!r} was requested ({decision.source}) but cannot serve "
+                    f"{decision.request.describe()}: {'; '.join(cand.reasons)}")
+        elif decision.preference:
+            head = (f"none of the requested backends ({', '.join(decision.preference)}; {decision.source}) "
+                    f"can serve {decision.request.describe()}")
+        else:
+            head = f"no attention backend can serve {decision.request.describe()}"
+        rest = [f"  {c.name}: {'; '.join(c.reasons)}" for c in decision.candidates
+                if c.reasons and not (decision.strict and c.name == decision.preference[0])]
+        tail = "\nother backends:\n" + "\n".join(rest) if rest else ""
+        if decision.strict:
+            tail += "\n(a single backend name is strict; give a comma-separated list to allow fallbacks)"
+        super().__init__(head + tail)
+
+
+def _status(b, reasons: list[str]) -> str:
+    if not reasons:
+        return "usable"
+    if reasons[0].startswith("not installed"):
+        return "not installed"
+    if reasons[0].startswith("unavailable"):
+        return "unavailable"
+    return "rejected"
+
+
+def _evaluate(name: str, req: Request) -> Candidate:
+    try:
+        b = backends.get(name)
+        reasons = b.reasons(req)
+        notes = b.notes(req) if not reasons else []
+        version = b.version()  # package metadata only: never imports the package
+    except Exception as exc:  # noqa: BLE001 - a broken adapter is a reason, not a crash
+        from .backends.base import one_line
+
+        return Candidate(name, "unavailable", [f"unavailable: adapter failed: {one_line(exc)}"])
+    return Candidate(name, _status(b, reasons), reasons, notes, version)
+
+
+def decide(req: Request, preference: tuple[str, ...] | None = None, source: str = "automatic") -> Decision:
+    """Evaluate the candidates for ``req`` (uncached). Raises nothing; see ``Decision.chosen``."""
+    if preference:
+        order = list(preference)
+        rest = [n for n in auto_order(req) if n not in preference]
+    else:
+        order, rest = auto_order(req), []
+    candidates = []
+    chosen = None
+    for name in order:
+        cand = _evaluate(name, req)
+        if cand.status == "usable" and chosen is None:
+            cand.status = "chosen"
+            chosen = name
+        candidates.append(cand)
+    for name in rest:  # explained, but a forced choice never falls back to them
+        cand = _evaluate(name, req)
+        if cand.status == "usable":
+            cand.status = "not requested"
+        candidates.append(cand)
+    return Decision(req, source, preference, chosen, candidates)
+
+
+_cache: dict = {}
+
+
+def clear_cache() -> None:
+    """Forget cached decisions (after installing a package, changing ANYATTN_BACKEND...)."""
+    _cache.clear()
+
+
+def current_preference(explicit) -> tuple[object, str]:
+    if explicit is not None:
+        return explicit, "backend= argument"
+    ctx = _context_pref.get()
+    if ctx is not None:
+        return ctx, "use_backend()"
+    env = os.environ.get(ENV_VAR)
+    if env and env.strip():
+        return env, ENV_VAR
+    return None, "automatic"
+
+
+def select(req: Request, explicit=None):
+    """The backend instance for this call; the hot path is one dict lookup."""
+    raw, source = current_preference(explicit)
+    key = (req, raw if not isinstance(raw, list) else tuple(raw))
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
+                                     else parse_preference(raw))
+    decision = decide(req, pref, source)
+    if decision.chosen is None:
+        raise NoBackendError(decision)
+    log.info("anyattn: %s -> %s (%s)", req.describe(), decision.chosen, source)
+    if log.isEnabledFor(logging.DEBUG):
+        for c in decision.candidates:
+            if c.reasons:
+                log.debug("anyattn:   %s %s: %s", c.name, c.status, "; ".join(c.reasons))
+    backend = backends.get(decision.chosen)
+    _cache[key] = backend
+    return backend
+
+
+def explain_request(req: Request, explicit=None) -> Decision:
+    raw, source = current_preference(explicit)
+    pref = None if raw is None else parse_preference(raw)
+    return decide(req, pref, source)
+
+
+# --------------------------------------------------------------------------------------------
+# Described requests (no tensors): the CLI and the doctor use these.
+# --------------------------------------------------------------------------------------------
+def describe_request(*, op: str = "attention", dtype="bfloat16", head_dim: int = 128,
+                     head_dim_v: int | None = None, causal: bool = False, gqa: int = 1, window: int | None = None,
+                     softcap: float = 0.0, alibi: bool = False, sinks: bool = False, lse: bool = False,
+                     grad: bool = False, block_size: int | None = None, device=None) -> Request:
+    import torch
+
+    from .request import OPS, device_capability, parse_dtype
+
+    if op not in OPS:
+        raise ValueError(f"op: expected one of {', '.join(OPS)}, got {op!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    index = dev.index if dev.index is not None or dev.type != "cuda" else torch.cuda.current_device()
+    if op == "paged" and block_size is None:
+        block_size = 16
+    return Request(op=op, device_type=dev.type, device_index=index,
+                   capability=device_capability(dev.type, index), dtype=parse_dtype(dtype),
+                   head_dim=head_dim, head_dim_v=head_dim_v or head_dim, gqa_ratio=gqa, causal=causal,
+                   window=window is not None and window >= 0, softcap=softcap > 0, alibi=alibi, sinks=sinks,
+                   lse=lse, out=False, grad=grad, causal_offset=causal and op != "attention",
+                   block_size=block_size if op == "paged" else None)
+
+
+def decide_for(*, backend=None, **described) -> Decision:
+    """The decision for a described request (see :func:`describe_request`) on this machine."""
+    return explain_request(describe_request(**described), backend)
+
+
+@dataclass
+class BackendStatus:
+    name: str
+    installed: bool
+    version: str | None
+    usable: bool  # on the given device, for some plain request
+    reasons: list[str]
+    description: str
+    devices: list[str]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def backend_statuses(device=None) -> list[BackendStatus]:
+    """Every backend: installed, version, usable for a plain fp16/bf16 d128 call on ``device``."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    probe_dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    req = describe_request(op="attention", dtype=probe_dtype, head_dim=128, device=device)
+    out = []
+    for name in backends.names():
+        try:
+            b = backends.get(name)
+        except Exception as exc:  # noqa: BLE001
+            out.append(BackendStatus(name, False, None, False, [f"adapter failed: {exc}"], "", []))
+            continue
+        reasons = _evaluate(name, req).reasons
+        avail = b.availability() if req.device_type in b.caps.devices else None
+        installed = avail.installed if avail else b.version() is not None or b.module is None
+        out.append(BackendStatus(name, installed, b.version(), not reasons, reasons, b.description,
+                                 sorted(b.caps.devices)))
+    return out

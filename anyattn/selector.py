@@ -305,14 +305,18 @@ def decide(req: Request, preference: tuple[str, ...] | None = None, source: str 
     chosen = None
     for name in order:
         cand = _evaluate(name, req)
-        if cand.status == "usable" and chosen is None:
-            cand.status = "chosen"
-            chosen = name
+        if cand.status == "usable":
+            if chosen is None:
+                cand.status = "chosen"
+                chosen = name
+            else:
+                cand.notes.insert(0, f"could serve; ranked after {chosen}")
         candidates.append(cand)
     for name in rest:  # explained, but a forced choice never falls back to them
         cand = _evaluate(name, req)
         if cand.status == "usable":
             cand.status = "not requested"
+            cand.notes.insert(0, "could serve, but was not in the requested list")
         candidates.append(cand)
     return Decision(req, source, preference, chosen, candidates)
 

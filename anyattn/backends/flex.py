@@ -108,17 +108,15 @@ class FlexBackend(Backend):
     # -- the one place flex_attention is called ----------------------------------------------
     def _flex(self, q, k, v, q_lens, k_lens, docs, causal, scale, window, softcap, alibi_slopes, sinks,
               return_lse):
-        from torch.nn.attention.flex_attention import create_block_mask
-
         b, sq, hq, _ = q.shape
         sk = k.shape[1]
-        rel_fn = _relative_fn(sq, sk, q_lens, k_lens, docs)
-        mask_mod = _mask_mod(rel_fn, causal, window, q_lens, k_lens, docs)
+        mode = "docs" if docs is not None else "padded" if q_lens is not None else "dense"
+        alibi_rank = 0 if alibi_slopes is None else alibi_slopes.dim()
+        mods = _mods_for(mode, sk - sq if mode == "dense" else 0, causal, window, softcap, alibi_rank)
+        mods.bind(q_lens=q_lens, k_lens=k_lens, docs=docs, slopes=alibi_slopes)
         block_mask = None
-        if mask_mod is not None:
-            block_mask = create_block_mask(mask_mod, b if (q_lens is not None) else None, None, sq, sk,
-                                           device=q.device)
-        score_mod = _score_mod(rel_fn, softcap, alibi_slopes, docs)
+        if mods.mask_mod is not None:
+            block_mask = _block_mask(mods, b if mode == "padded" else None, sq, sk, q.device, cacheable=mode == "dense")
         need_lse = return_lse or sinks is not None
         kwargs = {"enable_gqa": hq != k.shape[2]}
         if need_lse:
@@ -128,7 +126,8 @@ class FlexBackend(Backend):
             if not compiled:  # the user asked for the unfused path; torch's advice is noise then
                 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             res = _flex_fn(compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                     score_mod=score_mod, block_mask=block_mask, scale=scale, **kwargs)
+                                     score_mod=mods.score_mod, block_mask=block_mask, scale=scale, **kwargs)
+        mods.bind()  # drop this call's tensors
         if need_lse:
             o, aux = res
             lse = getattr(aux, "lse", aux).float()  # (B, H, Sq)
@@ -151,55 +150,93 @@ class _Documents:
         self.offset = (cu_k[1:] - cu_k[:-1] - (cu_q[1:] - cu_q[:-1])).long()
 
 
-def _relative_fn(sq, sk, q_lens, k_lens, docs):
-    """A function (b, q_idx, kv_idx) -> query position minus key position (bottom-right)."""
-    if docs is not None:
-        return lambda b, qi, ki: docs.q_pos[qi] + docs.offset[docs.q_doc[qi]] - docs.k_pos[ki]
-    if q_lens is not None:
-        off = k_lens - q_lens
-        return lambda b, qi, ki: qi + off[b] - ki
-    return lambda b, qi, ki: qi + (sk - sq) - ki
+class _Mods:
+    """The mask_mod/score_mod pair for one configuration, reused across calls.
+
+    torch.compile guards on the identity of the functions it is given, so fresh closures on
+    every call would recompile every call. One pair per configuration is built once; the
+    tensors of the current call (lengths, documents, slopes) are read from this holder.
+    """
+
+    def __init__(self, mode, offset, causal, window, softcap, alibi_rank):
+        self.key = (mode, offset, causal, window, softcap, alibi_rank)
+        self.q_lens = self.k_lens = self.docs = self.slopes = None
+        left, right = window
+        holder = self
+
+        if mode == "docs":
+            def rel(b, qi, ki):
+                d = holder.docs
+                return d.q_pos[qi] + d.offset[d.q_doc[qi]] - d.k_pos[ki]
+
+            def batch_of(b, qi):
+                return holder.docs.q_doc[qi]
+        elif mode == "padded":
+            def rel(b, qi, ki):
+                return qi + (holder.k_lens[b] - holder.q_lens[b]) - ki
+
+            def batch_of(b, qi):
+                return b
+        else:
+            def rel(b, qi, ki):
+                return qi + offset - ki
+
+            def batch_of(b, qi):
+                return b
+
+        def mask_mod(b, h, qi, ki):
+            r = rel(b, qi, ki)
+            keep = r == r  # all-true of the right shape, traceable
+            if causal:
+                keep = keep & (r >= 0)
+            if left >= 0:
+                keep = keep & (r <= left)
+            if right >= 0:
+                keep = keep & (r >= -right)
+            if mode == "docs":
+                keep = keep & (holder.docs.q_doc[qi] == holder.docs.k_doc[ki])
+            if mode == "padded":
+                keep = keep & (qi < holder.q_lens[b]) & (ki < holder.k_lens[b])
+            return keep
+
+        def score_mod(score, b, h, qi, ki):
+            if softcap > 0:
+                score = softcap * torch.tanh(score / softcap)
+            if alibi_rank:
+                slope = holder.slopes[h] if alibi_rank == 1 else holder.slopes[batch_of(b, qi), h]
+                score = score - slope * torch.abs(rel(b, qi, ki)).to(score.dtype)
+            return score
+
+        masked = causal or left >= 0 or right >= 0 or mode != "dense"
+        self.mask_mod = mask_mod if masked else None
+        self.score_mod = score_mod if (softcap > 0 or alibi_rank) else None
+
+    def bind(self, q_lens=None, k_lens=None, docs=None, slopes=None):
+        self.q_lens, self.k_lens, self.docs, self.slopes = q_lens, k_lens, docs, slopes
 
 
-def _mask_mod(rel_fn, causal, window, q_lens, k_lens, docs):
-    left, right = window
-    if not causal and left < 0 and right < 0 and q_lens is None and docs is None:
-        return None
-
-    def mask_mod(b, h, qi, ki):
-        rel = rel_fn(b, qi, ki)
-        keep = rel == rel  # all-true of the right shape, traceable
-        if causal:
-            keep = keep & (rel >= 0)
-        if left >= 0:
-            keep = keep & (rel <= left)
-        if right >= 0:
-            keep = keep & (rel >= -right)
-        if docs is not None:
-            keep = keep & (docs.q_doc[qi] == docs.k_doc[ki])
-        if q_lens is not None:
-            keep = keep & (qi < q_lens[b]) & (ki < k_lens[b])
-        return keep
-
-    return mask_mod
+@functools.lru_cache(maxsize=256)
+def _mods_for(mode, offset, causal, window, softcap, alibi_rank) -> _Mods:
+    return _Mods(mode, offset, causal, window, softcap, alibi_rank)
 
 
-def _score_mod(rel_fn, softcap, alibi_slopes, docs):
-    if softcap <= 0 and alibi_slopes is None:
-        return None
-    slopes = alibi_slopes
-    # Packed varlen runs as batch 0; the real sequence of a query token is its document.
-    batch_of = (lambda b, qi: docs.q_doc[qi]) if docs is not None else (lambda b, qi: b)
+_BLOCK_MASKS: dict = {}
 
-    def score_mod(score, b, h, qi, ki):
-        if softcap > 0:
-            score = softcap * torch.tanh(score / softcap)
-        if slopes is not None:
-            slope = slopes[h] if slopes.dim() == 1 else slopes[batch_of(b, qi), h]
-            score = score - slope * torch.abs(rel_fn(b, qi, ki)).to(score.dtype)
-        return score
 
-    return score_mod
+def _block_mask(mods, batch, sq, sk, device, cacheable):
+    """Dense masks depend only on shapes and options: build each once. Data-dependent ones
+    (varlen documents, paged lengths) are built per call."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (mods.key, sq, sk, str(device))
+    if cacheable and key in _BLOCK_MASKS:
+        return _BLOCK_MASKS[key]
+    bm = create_block_mask(mods.mask_mod, batch, None, sq, sk, device=device)
+    if cacheable:
+        if len(_BLOCK_MASKS) >= 64:
+            _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
+        _BLOCK_MASKS[key] = bm
+    return bm
 
 
 def _lse_kwargs():

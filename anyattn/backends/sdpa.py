@@ -62,8 +62,8 @@ class SdpaBackend(Backend):
             out.append("this kernel takes no attention mask, and " + _why_mask(req) + " needs one")
         if req.gqa_ratio > 1 and self.native_gqa and not HAS_ENABLE_GQA:
             out.append(f"torch {torch.__version__} has no enable_gqa (needs torch >= 2.5)")
-        if out or self.kernel is None or self.kernel == "MATH":
-            return out
+        if out or self.kernel is None or self.kernel == "MATH" or self.caps.reasons(req):
+            return out  # torch's own check only adds noise once the data already says no
         return list(_torch_kernel_reasons(self.kernel, req, self.native_gqa))
 
     def notes(self, req: Request) -> list[str]:
@@ -158,14 +158,42 @@ def _why_mask(req: Request) -> str:
     return " and ".join(why) or "nothing"
 
 
+class _PinKernel:
+    """Enable exactly one SDPA kernel for the duration of a call, then restore the flags.
+
+    Does what ``torch.nn.attention.sdpa_kernel`` does through torch.backends.cuda's public flag
+    functions, at a third of the cost: this sits on every call's path.
+    """
+
+    _FLAGS = {  # kernel -> (getter, setter) in torch.backends.cuda
+        "FLASH_ATTENTION": ("flash_sdp_enabled", "enable_flash_sdp"),
+        "EFFICIENT_ATTENTION": ("mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
+        "MATH": ("math_sdp_enabled", "enable_math_sdp"),
+        "CUDNN_ATTENTION": ("cudnn_sdp_enabled", "enable_cudnn_sdp"),
+    }
+
+    def __init__(self, kernel: str):
+        cuda = torch.backends.cuda
+        self._flags = [(getattr(cuda, g), getattr(cuda, s_), k == kernel) for k, (g, s_) in self._FLAGS.items()
+                       if hasattr(cuda, g)]
+        self._saved: list[bool] = []
+
+    def __enter__(self):
+        self._saved = [get() for get, _, _ in self._flags]
+        for _, set_, on in self._flags:
+            set_(on)
+
+    def __exit__(self, *exc):
+        for (_, set_, _), was in zip(self._flags, self._saved):
+            set_(was)
+
+
 def _kernel_context(kernel: str | None):
     if kernel is None:
         import contextlib
 
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(getattr(SDPBackend, kernel))
+    return _PinKernel(kernel)
 
 
 @functools.lru_cache(maxsize=256)

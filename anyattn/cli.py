@@ -75,6 +75,14 @@ def _positive(text: str) -> int:
     return value
 
 
+_PLUGIN_COMMANDS = {"anyattn.doctor.cli": ("doctor", "explain", "plan"), "anyattn.bench": ("bench",)}
+
+
+def _unavailable(exc) -> int:
+    print(f"anyattn: this command is unavailable: {exc}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -108,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_which)
 
     # Subcommands that live in their own packages register themselves.
-    for module in ("anyattn.doctor.cli", "anyattn.bench"):
+    for module, commands in _PLUGIN_COMMANDS.items():
         try:
             importlib.import_module(module).register(sub)
         except ImportError as exc:  # a missing optional part must not take the CLI down
-            name = module.rsplit(".", 1)[-1]
-            p = sub.add_parser(name, help=f"(unavailable: {exc})")
-            p.set_defaults(func=lambda a, e=exc: (print(f"anyattn: {e}", file=sys.stderr), 2)[1])
+            for name in commands:
+                p = sub.add_parser(name, help=f"(unavailable: {exc})")
+                p.set_defaults(func=lambda a, e=exc: _unavailable(e))
     return parser
 
 

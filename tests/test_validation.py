@@ -20,7 +20,7 @@ def _dense():
     (lambda q, k, v: (q, k, v[:, :, :1]), ValueError, ["v:", "2 heads", "1"]),
     (lambda q, k, v: (q, k[:1], v[:1]), ValueError, ["k/v:", "batch 2"]),
     (lambda q, k, v: (q, k, v[:, :4]), ValueError, ["v:", "seqlen 6", "4"]),
-    (lambda q, k, v: (q.numpy(), k, v), TypeError, ["q:", "torch.Tensor", "ndarray"]),
+    (lambda q, k, v: (q.tolist(), k, v), TypeError, ["q:", "torch.Tensor", "list"]),
     (lambda q, k, v: (q, k.to("meta"), v), ValueError, ["k:", "expected a tensor on cpu", "meta"]),
 ])
 def test_dense_shape_and_dtype_errors(mutate, exc, words):

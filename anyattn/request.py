@@ -64,6 +64,7 @@ class Request(NamedTuple):
     grad: bool  # autograd will need a backward
     causal_offset: bool  # causal with Sq != Sk (lower-right alignment matters)
     block_size: int | None = None  # paged KV only
+    window_right: bool = False  # a non-causal window bounds the right side (some kernels cannot)
 
     def describe(self) -> str:
         feats = [f for f in ("causal", "window", "softcap", "alibi", "sinks", "lse", "out", "grad")
@@ -212,6 +213,7 @@ def _make_request(op, q, d, dv, hq, hkv, *, causal, window, softcap, alibi_slope
         window=window != (-1, -1), softcap=softcap > 0, alibi=alibi_slopes is not None,
         sinks=sinks is not None, lse=bool(return_lse), out=out is not None, grad=grad,
         causal_offset=bool(causal) and causal_offset, block_size=block_size,
+        window_right=(not causal) and window[1] > 0,
     )
 
 

@@ -1,5 +1,6 @@
 """Selection: precedence, names, strict vs ordered lists, broken and unsupported backends."""
 
+import importlib.util
 import logging
 import sys
 import types
@@ -35,38 +36,36 @@ class _StandIn(Backend):
         return backends.get("reference").attention(q, k, v, **kw)
 
 
+class _Broken(_StandIn):
+    name = "broken"
+    aliases = ()
+
+    def load(self):
+        raise ImportError(UNDEFINED)
+
+
+def _installed(monkeypatch, backend):
+    """Make the stand-in's module look installed and register the backend for one test."""
+    monkeypatch.setitem(sys.modules, "anyattn_standin_mod", types.ModuleType("anyattn_standin_mod"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "anyattn_standin_mod"
+                        else _real_find_spec(name, *a))
+    backends.register(backend)
+    return backend
+
+
+_real_find_spec = importlib.util.find_spec
+
+
 @pytest.fixture
 def standin(monkeypatch):
-    mod = types.ModuleType("anyattn_standin_mod")
-    monkeypatch.setitem(sys.modules, "anyattn_standin_mod", mod)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "anyattn_standin_mod"
-                        else _real_find_spec(name, *a))
-    b = _StandIn()
-    backends.register(b)
-    yield b
+    yield _installed(monkeypatch, _StandIn())
     backends.unregister("standin")
 
 
 @pytest.fixture
 def broken(monkeypatch):
-    class Broken(_StandIn):
-        name = "broken"
-        aliases = ()
-
-        def load(self):
-            raise ImportError(UNDEFINED)
-
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "anyattn_standin_mod"
-                        else _real_find_spec(name, *a))
-    b = Broken()
-    backends.register(b)
-    yield b
+    yield _installed(monkeypatch, _Broken())
     backends.unregister("broken")
-
-
-import importlib.util as _iu  # noqa: E402
-
-_real_find_spec = _iu.find_spec
 
 
 def _qkv(**kw):

@@ -2,8 +2,10 @@
 
 Causal, sliding window and variable length are block masks, so fully masked tiles are skipped;
 soft-capping and ALiBi are a ``score_mod``. Sinks are folded in from the returned log-sum-exp.
-``flex_attention`` is compiled once (``torch.compile``) and reused; torch's own guards recompile
-only when a new shape family appears. Set ``ANYATTN_FLEX_COMPILE=0`` to run it uncompiled
+``flex_attention`` is compiled (``torch.compile``) and reused: dense calls get kernels
+specialised per shape; varlen/paged calls, whose token counts change every call, compile with
+symbolic sizes. anyattn raises torch._dynamo's recompile limit to 64 so new sequence lengths do
+not silently fall back to the unfused path. Set ``ANYATTN_FLEX_COMPILE=0`` to run it uncompiled
 (torch's unfused reference path: slow, for debugging and tests).
 """
 
@@ -27,13 +29,26 @@ def _torch_version() -> tuple[int, int]:
     return int(major), int(minor)
 
 
+# Each new sequence length is a new BlockMask shape and so a new compile; torch's default limit
+# of 8 recompiles per function would silently drop FlexAttention to its unfused eager path.
+_RECOMPILE_LIMIT = 64
+
+
 @functools.lru_cache(maxsize=None)
-def _flex_fn(compiled: bool):
+def _flex_fn(mode: str):
+    """flex_attention compiled for ``mode``: "static" (dense calls: kernels specialised per
+    shape, the fastest), "dynamic" (varlen/paged: token counts change every call, so sizes are
+    symbolic), or "eager" (ANYATTN_FLEX_COMPILE=0)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    # dynamic=None: the first recompile marks sizes dynamic, so new sequence lengths do not
-    # each pay a fresh compile.
-    return torch.compile(flex_attention) if compiled else flex_attention
+    if mode == "eager":
+        return flex_attention
+    import torch._dynamo.config as dynamo_config
+
+    for knob in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.6
+        if getattr(dynamo_config, knob, _RECOMPILE_LIMIT) < _RECOMPILE_LIMIT:
+            setattr(dynamo_config, knob, _RECOMPILE_LIMIT)
+    return torch.compile(flex_attention, dynamic=False if mode == "static" else True)
 
 
 def _compile_enabled() -> bool:
@@ -71,7 +86,7 @@ class FlexBackend(Backend):
         if not _compile_enabled():
             out.append("ANYATTN_FLEX_COMPILE=0: running uncompiled (unfused, slow)")
         else:
-            out.append("first call per shape family compiles (seconds); later calls reuse it")
+            out.append("compiles on the first call of each shape (seconds); later calls reuse it")
         return out
 
     # -- ops ---------------------------------------------------------------------------------
@@ -125,7 +140,8 @@ class FlexBackend(Backend):
         with warnings.catch_warnings():
             if not compiled:  # the user asked for the unfused path; torch's advice is noise then
                 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            res = _flex_fn(compiled)(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            fn = _flex_fn("eager" if not compiled else "static" if mode == "dense" else "dynamic")
+            res = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                      score_mod=mods.score_mod, block_mask=block_mask, scale=scale, **kwargs)
         mods.bind()  # drop this call's tensors
         if need_lse:

@@ -1,0 +1,334 @@
+"""``anyattn bench``: prefill TFLOP/s and paged-decode GB/s, every backend side by side.
+
+One process, one GPU. Prefill: b*s = 16k tokens, h*d = 2048, bf16, head dim 64 and 128, causal
+and not, seqlen 512..16k; FLOPs = 4*b*h*sq*sk*d (halved for causal). Decode: (batch, context)
+= (1,4k) (1,32k) (16,4k) (64,2k) (128,1k) (32,8k), GQA 32/8, head dim 128, KV block 16 and 128;
+bytes = the K and V bytes read. Each shape runs on ``triton`` beside ``sdpa_cudnn``,
+``sdpa_flash``, ``flex`` and every installed vendor backend (flash_attn, flash_attn_3,
+flashinfer, xformers); decode baselines that have no paged kernel of their own (sdpa_*) run on a
+contiguous KV of the same size, so their bytes are the same. The same run's device-to-device
+copy bandwidth (bytes read + written) is the decode yardstick. Times are medians of
+``triton.testing.do_bench`` (L2 flushed between reps); decode calls are captured in a CUDA
+graph where the backend allows it, so Python dispatch does not count.
+
+The first call of each triton kernel variant (compile + run) is reported as its cold-start time.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+PREFILL_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+DECODE_SHAPES = ((1, 4096), (1, 32768), (16, 4096), (64, 2048), (128, 1024), (32, 8192))
+BASELINES = ("sdpa_cudnn", "sdpa_flash", "flex", "flash_attn_3", "flash_attn", "flashinfer",
+             "xformers")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="prefill TFLOP/s and decode GB/s per backend (GPU)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=("prefill", "decode"), default=None)
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends to compare (default: triton + baselines)")
+    p.add_argument("--seqlens", default=None, help="prefill seqlens, e.g. 4096,16384")
+    p.add_argument("--head-dims", default="64,128")
+    p.add_argument("--block-sizes", default="16,128")
+    p.add_argument("--quick", action="store_true", help="seqlen 4k and 16k; decode batch>=16 and 1x32k")
+    p.add_argument("--reps", type=int, default=100, help="do_bench rep time in ms")
+    p.add_argument("--json", nargs="?", const="-", default=None,
+                   help="write JSON to FILE (or stdout with no FILE)")
+    p.add_argument("--device", default="cuda")
+    p.set_defaults(func=main)
+
+
+# ----------------------------------------------------------------------------------------------
+def _bench(fn, reps):
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median")
+
+
+def _graphed(fn):
+    """Capture ``fn`` in a CUDA graph (after a warm-up); fall back to eager."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            fn()
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        torch.cuda.synchronize()
+        return g.replay, True
+    except Exception:  # noqa: BLE001 - some backends cannot be captured; time them eagerly
+        torch.cuda.synchronize()
+        return fn, False
+
+
+def copy_bandwidth(device, reps) -> float:
+    import torch
+
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=device)  # 1 GiB
+    y = torch.empty_like(x)
+    x.random_(0, 255)
+    ms = _bench(lambda: y.copy_(x), reps)
+    del x, y
+    return 2 * (1 << 30) / ms * 1e-6  # GB/s, read + write
+
+
+def _available(names, op, dtype, head_dim, device, block_size=None, gqa=1, causal=False):
+    from . import selector
+
+    out = {}
+    for n in names:
+        try:
+            d = selector.decide_for(op=op, dtype=dtype, head_dim=head_dim, head_dim_v=head_dim,
+                                    causal=causal, gqa=gqa, window=None, softcap=False,
+                                    alibi=False, sinks=False, lse=False, grad=False,
+                                    block_size=block_size, device=device, backend=n)
+            out[n] = None if d.chosen else "; ".join(_reasons(d, n)) or "unavailable"
+        except Exception as exc:  # noqa: BLE001
+            out[n] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _reasons(decision, name):
+    for c in getattr(decision, "candidates", []):
+        if getattr(c, "name", None) == name:
+            return list(getattr(c, "reasons", []) or [])
+    return []
+
+
+def bench_prefill(args, names, rows, progress, task):
+    import torch
+
+    import anyattn
+
+    dev = args.device
+    seqlens = [int(s) for s in args.seqlens.split(",")] if args.seqlens else \
+        ((4096, 16384) if args.quick else PREFILL_SEQLENS)
+    head_dims = [int(d) for d in args.head_dims.split(",")]
+    for d in head_dims:
+        h = 2048 // d
+        for s in seqlens:
+            b = max(1, 16384 // s)
+            q = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16)
+            k = torch.randn_like(q)
+            v = torch.randn_like(q)
+            for causal in (False, True):
+                flops = 4 * b * h * s * s * d / (2 if causal else 1)
+                why = _available(names, "attention", "bf16", d, dev, causal=causal)
+                for n in names:
+                    row = dict(kind="prefill", head_dim=d, seqlen=s, batch=b, heads=h,
+                               causal=causal, backend=n)
+                    if why.get(n):
+                        row.update(value=None, unit="TFLOP/s", reason=why[n])
+                    else:
+                        fn = (lambda n=n: anyattn.attention(q, k, v, causal=causal, backend=n))
+                        try:
+                            t0 = time.perf_counter()
+                            fn()
+                            torch.cuda.synchronize()
+                            first = time.perf_counter() - t0
+                            ms = _bench(fn, args.reps)
+                            row.update(value=flops / ms * 1e-9, unit="TFLOP/s", ms=ms,
+                                       first_call_s=first)
+                        except Exception as exc:  # noqa: BLE001
+                            row.update(value=None, unit="TFLOP/s",
+                                       reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+                    rows.append(row)
+                    progress.advance(task)
+            del q, k, v
+            torch.cuda.empty_cache()
+
+
+def bench_decode(args, names, rows, copy_gbs, progress, task):
+    import torch
+
+    import anyattn
+
+    dev = args.device
+    hq, hkv, d = 32, 8, 128
+    shapes = DECODE_SHAPES if not args.quick else \
+        tuple(x for x in DECODE_SHAPES if x[0] >= 16 or x[1] >= 32768)
+    for page in [int(x) for x in args.block_sizes.split(",")]:
+        for (b, ctx) in shapes:
+            nbp = ctx // page
+            nblk = b * nbp
+            kc = torch.randn(nblk, page, hkv, d, device=dev, dtype=torch.bfloat16)
+            vc = torch.randn_like(kc)
+            bt = torch.randperm(nblk, device=dev)[: b * nbp].view(b, nbp).to(torch.int32)
+            su = torch.full((b,), ctx, device=dev, dtype=torch.int32)
+            q = torch.randn(b, hq, d, device=dev, dtype=torch.bfloat16)
+            nbytes = 2 * b * ctx * hkv * d * 2
+            why_paged = _available(names, "paged", "bf16", d, dev, block_size=page, gqa=hq // hkv)
+            dense_kv = None
+            for n in names:
+                row = dict(kind="decode", batch=b, context=ctx, block_size=page, backend=n,
+                           unit="GB/s")
+                dense = n.startswith("sdpa")  # no paged kernel: time it on contiguous KV
+                if dense:
+                    if dense_kv is None:
+                        dense_kv = (torch.randn(b, ctx, hkv, d, device=dev, dtype=torch.bfloat16),
+                                    torch.randn(b, ctx, hkv, d, device=dev, dtype=torch.bfloat16))
+                    why = _available([n], "attention", "bf16", d, dev, gqa=hq // hkv)[n]
+                    q4 = q.view(b, 1, hq, d)
+                    fn = (lambda n=n: anyattn.attention(q4, dense_kv[0], dense_kv[1], backend=n))
+                    row["layout"] = "contiguous KV"
+                else:
+                    why = why_paged.get(n)
+                    fn = (lambda n=n: anyattn.paged_attention(q, kc, vc, bt, su, max_seqlen_k=ctx,
+                                                              backend=n))
+                    row["layout"] = "paged"
+                if why:
+                    row.update(value=None, reason=why)
+                else:
+                    try:
+                        t0 = time.perf_counter()
+                        fn()
+                        torch.cuda.synchronize()
+                        first = time.perf_counter() - t0
+                        run, graphed = _graphed(fn)
+                        ms = _bench(run, args.reps)
+                        gbs = nbytes / ms * 1e-6
+                        row.update(value=gbs, ms=ms, first_call_s=first, graphed=graphed,
+                                   copy_fraction=gbs / copy_gbs)
+                    except Exception as exc:  # noqa: BLE001
+                        row.update(value=None, reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+                rows.append(row)
+                progress.advance(task)
+            del kc, vc, dense_kv
+            torch.cuda.empty_cache()
+
+
+def _ratios(rows):
+    """Attach triton / baseline ratios to the triton rows."""
+    key = lambda r: tuple(r.get(k) for k in ("kind", "head_dim", "seqlen", "causal", "batch",  # noqa: E731
+                                             "context", "block_size"))
+    groups = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    for g in groups.values():
+        tri = next((r for r in g if r["backend"] == "triton" and r.get("value")), None)
+        if tri is None:
+            continue
+        tri["ratios"] = {r["backend"]: tri["value"] / r["value"] for r in g
+                         if r["backend"] != "triton" and r.get("value")}
+
+
+def _table(rows, copy_gbs, names):
+    from rich.table import Table
+
+    tables = []
+    pre = [r for r in rows if r["kind"] == "prefill"]
+    if pre:
+        t = Table(title="prefill TFLOP/s (bf16, b*s=16k, h*d=2048); ratio = triton / backend")
+        for col in ("d", "seqlen", "causal", *names, *(f"tri/{n}" for n in names if n != "triton"),
+                    "triton 1st call s"):
+            t.add_column(col, justify="right")
+        seen = []
+        for r in pre:
+            k = (r["head_dim"], r["seqlen"], r["causal"])
+            if k not in seen:
+                seen.append(k)
+        for k in seen:
+            g = {r["backend"]: r for r in pre if (r["head_dim"], r["seqlen"], r["causal"]) == k}
+            tri = g.get("triton", {})
+            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
+            rat = [f"{tri.get('ratios', {}).get(n, float('nan')):.2f}"
+                   if tri.get("ratios", {}).get(n) else "-" for n in names if n != "triton"]
+            t.add_row(str(k[0]), str(k[1]), "yes" if k[2] else "no", *vals, *rat,
+                      f"{tri.get('first_call_s', float('nan')):.1f}" if tri else "-")
+        tables.append(t)
+    dec = [r for r in rows if r["kind"] == "decode"]
+    if dec:
+        t = Table(title=f"decode GB/s (bf16, GQA 32/8, d=128); copy bandwidth {copy_gbs:.0f} GB/s;"
+                        " % = of copy bandwidth")
+        for col in ("block", "batch", "context", *names, "triton %copy",
+                    *(f"tri/{n}" for n in names if n != "triton")):
+            t.add_column(col, justify="right")
+        seen = []
+        for r in dec:
+            k = (r["block_size"], r["batch"], r["context"])
+            if k not in seen:
+                seen.append(k)
+        for k in seen:
+            g = {r["backend"]: r for r in dec if (r["block_size"], r["batch"], r["context"]) == k}
+            tri = g.get("triton", {})
+            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
+            rat = [f"{tri.get('ratios', {}).get(n):.2f}" if tri.get("ratios", {}).get(n) else "-"
+                   for n in names if n != "triton"]
+            pct = f"{tri['copy_fraction'] * 100:.0f}%" if tri.get("value") else "-"
+            t.add_row(str(k[0]), str(k[1]), str(k[2]), *vals, pct, *rat)
+        tables.append(t)
+    return tables
+
+
+def main(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("anyattn bench: needs a CUDA GPU (none visible)", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.progress import Progress
+
+    import anyattn  # noqa: F401
+
+    names = ["triton"] + [n for n in BASELINES]
+    if args.backends:
+        names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    console = Console(stderr=args.json == "-")
+    if not console.is_terminal:  # logs and pipes: do not squeeze the tables into 80 columns
+        console = Console(stderr=args.json == "-", width=220)
+    env = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+               cuda=torch.version.cuda, command="anyattn bench " + " ".join(sys.argv[2:]))
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        env["triton"] = None
+    rows = []
+    copy_gbs = copy_bandwidth(args.device, args.reps)
+    n_pre = n_dec = 0
+    if args.only != "decode":
+        sl = len(args.seqlens.split(",")) if args.seqlens else (2 if args.quick else len(PREFILL_SEQLENS))
+        n_pre = sl * len(args.head_dims.split(",")) * 2 * len(names)
+    if args.only != "prefill":
+        shapes = 4 if args.quick else len(DECODE_SHAPES)
+        n_dec = shapes * len(args.block_sizes.split(",")) * len(names)
+    with Progress(console=console, transient=True) as progress:
+        if n_pre:
+            task = progress.add_task("prefill", total=n_pre)
+            bench_prefill(args, names, rows, progress, task)
+        if n_dec:
+            task = progress.add_task("decode", total=n_dec)
+            bench_decode(args, names, rows, copy_gbs, progress, task)
+    _ratios(rows)
+    doc = dict(env=env, copy_gbs=copy_gbs, rows=rows)
+    if args.json:
+        text = json.dumps(doc, indent=2, default=str)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+    if args.json != "-":
+        console.print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
+                      f"copy {copy_gbs:.0f} GB/s (read+write)")
+        shown = [n for n in names if any(r["backend"] == n and r.get("value") for r in rows)]
+        for t in _table(rows, copy_gbs, shown or names):
+            console.print(t)
+        skipped = {r["backend"]: r.get("reason") for r in rows if not r.get("value")}
+        for n, why in skipped.items():
+            if n not in shown:
+                console.print(f"[dim]{n}: {why}[/]")
+    return 0

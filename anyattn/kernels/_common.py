@@ -1,0 +1,86 @@
+"""Pure-Python helpers shared by the Triton kernel modules.
+
+Nothing here imports triton, and nothing here holds a ``@triton.jit`` function:
+each kernel module defines its own jitted helpers so that a test can load a
+private, interpreted copy of a kernel module (``TRITON_INTERPRET`` is read by
+``triton.jit`` at decoration time) without disturbing the compiled one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+def next_pow2(x: int) -> int:
+    return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_props(index: int):
+    p = torch.cuda.get_device_properties(index)
+    return (p.multi_processor_count, (p.major, p.minor))
+
+
+def num_sms(device: torch.device) -> int:
+    """Multiprocessor count (cached; no device sync). 8 on CPU (interpreter)."""
+    if device.type != "cuda":
+        return 8
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_props(idx)[0]
+
+
+def capability(device: torch.device) -> tuple[int, int]:
+    if device.type != "cuda":
+        return (0, 0)
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_props(idx)[1]
+
+
+def window_bounds(causal: bool, window) -> tuple[bool, bool, int, int]:
+    """(has_left, has_right, left, right) with causal folded in (causal => right = 0)."""
+    left, right = (-1, -1) if window is None else (int(window[0]), int(window[1]))
+    has_left = left >= 0
+    has_right = right >= 0 or causal
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    return has_left, has_right, max(left, 0), max(right, 0)
+
+
+def logit_constants(scale: float, softcap: float | None) -> tuple[float, float, bool]:
+    """Constants for the log2-domain logits.
+
+    Without softcap: s2 = qk * (scale*log2e).
+    With softcap c:  s2 = (c*log2e) * tanh(qk * scale / c).
+    Returns (qk_scale, cap2, has_softcap).
+    """
+    if softcap is not None and softcap > 0:
+        return float(scale) / float(softcap), float(softcap) * LOG2E, True
+    return float(scale) * LOG2E, 0.0, False
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: full-precision fp32 dot ("ieee"); 16-bit inputs ignore it.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def device_guard(t: torch.Tensor):
+    """Make ``t``'s GPU current for the launch (Triton launches on the current device)."""
+    if t.device.type == "cuda" and t.device.index is not None \
+            and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

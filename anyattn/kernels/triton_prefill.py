@@ -1,0 +1,498 @@
+"""Dense and varlen attention forward: FlashAttention-2 style Triton kernel.
+
+One program handles BLOCK_M query rows of one (sequence, query head). The key
+range it visits is computed from the masks (causal, sliding window, sequence
+end) so fully masked tiles are never loaded; the range is split in three
+loops: a masked left edge (window), an unmasked middle and a masked right edge
+(causal diagonal / window / sequence end). Logits are kept in the log2 domain
+(exp2). Sinks seed the running max/denominator; rows with no visible key give
+output 0 and lse -inf (or lse = sink with sinks).
+
+On sm90 (Triton >= 3.4), K/V tiles come through device-side TMA tensor
+descriptors bounded per sequence (q/k/v need a unit last stride and 16-byte
+aligned rows; otherwise, and on older GPUs, pointer loads). Device-side
+descriptors need a scratch allocator: the first TMA launch installs one with
+``triton.set_allocator`` (torch.empty on the current device). Without softcap
+or ALiBi the row max is taken on raw q.k and the logit costs one FMA.
+``config={"PIPE": True}`` selects a hand-pipelined unmasked loop (Q.K^T of the
+next tile issued before the softmax); it measured slower on H200/Triton 3.6
+and is off by default (docs/PERF.md).
+
+Configurations come from a static table keyed by (head dim, dtype, GPU arch,
+TMA or not); nothing is autotuned, so launches are CUDA-graph safe and a warm
+process never recompiles for new sequence lengths (sequence lengths, window
+sizes and batch/LSE strides are not specialised on).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (
+    capability,
+    device_guard,
+    cdiv,
+    dot_precision,
+    interpret_mode,
+    logit_constants,
+    next_pow2,
+    window_bounds,
+)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 1 - 2 / (exp(2x) + 1); saturates cleanly at +-1.
+    e = tl.exp2(x * 2.8853900817779268)
+    return 1.0 - 2.0 / (e + 1.0)
+
+
+@triton.jit
+def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, seqlen_k,
+          stride_kn, stride_vn, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
+          BLOCK_N: tl.constexpr, MASK: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+          HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
+          EVEN_DV: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
+          FAST: tl.constexpr, KNAT: tl.constexpr):
+    # K_ptrs/V_ptrs are tensor descriptors when TMA (rows past the tensor end read as 0);
+    # otherwise pointer tiles advanced in 64-bit pointer arithmetic (no int32 overflow).
+    if TMA:
+        kp = K_ptrs
+        vp = V_ptrs
+    else:
+        kp = K_ptrs + start.to(tl.int64) * stride_kn
+        vp = V_ptrs + start.to(tl.int64) * stride_vn
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + offs_n0
+        if TMA:
+            k = kp.load([n0, 0]).T
+        elif MASK:
+            nmask = offs_n < seqlen_k
+            if KNAT:
+                if EVEN_D:
+                    k = tl.load(kp, mask=nmask[:, None], other=0.0).T
+                else:
+                    k = tl.load(kp, mask=nmask[:, None] & dmask_k, other=0.0).T
+            else:
+                if EVEN_D:
+                    k = tl.load(kp, mask=nmask[None, :], other=0.0)
+                else:
+                    k = tl.load(kp, mask=nmask[None, :] & dmask_k, other=0.0)
+        else:
+            if EVEN_D:
+                k = tl.load(kp)
+            else:
+                k = tl.load(kp, mask=dmask_k, other=0.0)
+            if KNAT:
+                k = k.T
+        qk = tl.dot(q, k, input_precision=PREC)
+        if FAST:
+            # plain logits, scale > 0: max on raw q.k, then one FMA per element
+            s = qk
+        elif SOFTCAP:
+            s = cap2 * _tanh(qk * qk_scale)
+        else:
+            s = qk * qk_scale
+        if ALIBI:
+            rel = (offs_m[:, None] + off) - offs_n[None, :]
+            s = s - slope2 * tl.abs(rel).to(tl.float32)
+        if MASK:
+            valid = offs_n[None, :] < seqlen_k
+            if HAS_RIGHT:
+                valid = valid & (offs_n[None, :] <= offs_m[:, None] + (off + right))
+            if HAS_LEFT:
+                valid = valid & (offs_n[None, :] >= offs_m[:, None] + (off - left))
+            s = tl.where(valid, s, float("-inf"))
+        if FAST:
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASK:
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        if FAST:
+            p = tl.exp2(s * qk_scale - m_use[:, None])
+        else:
+            p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if TMA:
+            v = vp.load([n0, 0])
+        elif MASK:
+            if EVEN_DV:
+                v = tl.load(vp, mask=nmask[:, None], other=0.0)
+            else:
+                v = tl.load(vp, mask=nmask[:, None] & dmask_v, other=0.0)
+        else:
+            if EVEN_DV:
+                v = tl.load(vp)
+            else:
+                v = tl.load(vp, mask=dmask_v, other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+        m_i = m_new
+        if not TMA:
+            kp += BLOCK_N * stride_kn
+            vp += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _step_nomask(qk, m_i, l_i, acc, offs_m, offs_n, off, qk_scale, cap2, slope2,
+                 SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, FAST: tl.constexpr):
+    # online-softmax update for a tile with no masked entry
+    if FAST:
+        s = qk
+    elif SOFTCAP:
+        s = cap2 * _tanh(qk * qk_scale)
+    else:
+        s = qk * qk_scale
+    if ALIBI:
+        rel = (offs_m[:, None] + off) - offs_n[None, :]
+        s = s - slope2 * tl.abs(rel).to(tl.float32)
+    if FAST:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    return p, m_new, l_i, acc
+
+
+@triton.jit
+def _tile_pipelined(acc, l_i, m_i, q, Kd, Vd, start, end, offs_m, offs_n0, off, qk_scale, cap2,
+                    slope2, BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+                    PREC: tl.constexpr, FAST: tl.constexpr):
+    """Unmasked tiles through TMA descriptors, with Q.K^T of tile j+1 issued before the
+    softmax of tile j so the tensor cores and the softmax could overlap (FA3's
+    intra-warpgroup pipelining, written out by hand). Measured 4-20 % slower than the plain
+    loop on H200 / Triton 3.6 (more registers and shared memory); off by default.
+    ``start``/``end`` are BLOCK_N aligned."""
+    if start < end:
+        qk = tl.dot(q, Kd.load([start, 0]).T, input_precision=PREC)
+        for n0 in range(start, end - BLOCK_N, BLOCK_N):
+            qk_next = tl.dot(q, Kd.load([n0 + BLOCK_N, 0]).T, input_precision=PREC)
+            p, m_i, l_i, acc = _step_nomask(qk, m_i, l_i, acc, offs_m, n0 + offs_n0, off,
+                                            qk_scale, cap2, slope2, SOFTCAP, ALIBI, FAST)
+            v = Vd.load([n0, 0])
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+            qk = qk_next
+        last = end - BLOCK_N
+        p, m_i, l_i, acc = _step_nomask(qk, m_i, l_i, acc, offs_m, last + offs_n0, off,
+                                        qk_scale, cap2, slope2, SOFTCAP, ALIBI, FAST)
+        v = Vd.load([last, 0])
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "sq_b", "sk_b", "sv_b",
+                               "so_b", "sl_b", "sl_h"])
+def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
+                sq_b, sq_m, sq_h, sq_d,
+                sk_b, sk_n, sk_h, sk_d,
+                sv_b, sv_n, sv_h, sv_d,
+                so_b, so_m, so_h, so_d,
+                sl_b, sl_h, sl_m,
+                sa_b, sa_h,
+                seqlen_q, seqlen_k, qk_scale, cap2, left, right,
+                GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr,
+                STORE_LSE: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
+                POS_SCALE: tl.constexpr, KNAT: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr):
+    FAST: tl.constexpr = (not SOFTCAP) and (not ALIBI) and POS_SCALE
+    if REVERSE:
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    kvh = h // GROUP
+
+    if VARLEN:
+        q_start = tl.load(CU_Q + b)
+        Sq = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        Sk = tl.load(CU_K + b + 1) - k_start
+        q_base = Q + q_start.to(tl.int64) * sq_m + h * sq_h
+        k_base = K + k_start.to(tl.int64) * sk_n + kvh * sk_h
+        v_base = V + k_start.to(tl.int64) * sv_n + kvh * sv_h
+        o_base = O + q_start.to(tl.int64) * so_m + h * so_h
+        l_base = LSE + q_start.to(tl.int64) * sl_m + h * sl_h
+    else:
+        Sq = seqlen_q
+        Sk = seqlen_k
+        bb = b.to(tl.int64)
+        q_base = Q + bb * sq_b + h * sq_h
+        k_base = K + bb * sk_b + kvh * sk_h
+        v_base = V + bb * sv_b + kvh * sv_h
+        o_base = O + bb * so_b + h * so_h
+        l_base = LSE + bb * sl_b + h * sl_h
+
+    off = Sk - Sq
+    m0 = pid_m * BLOCK_M
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mmask = offs_m < Sq
+    EVEN_D: tl.constexpr = D == BLOCK_D
+    EVEN_DV: tl.constexpr = DV == BLOCK_DV
+    dmask_q = offs_d[None, :] < D
+    if KNAT:
+        dmask_k = offs_d[None, :] < D
+    else:
+        dmask_k = offs_d[:, None] < D
+    dmask_v = offs_dv[None, :] < DV
+
+    # ---- key range for this query tile (all scalars, no host sync) -------------
+    m_last = tl.minimum(m0 + BLOCK_M, Sq) - 1
+    if HAS_LEFT:
+        lo = tl.maximum(m0 + off - left, 0)
+        lo = (lo // BLOCK_N) * BLOCK_N
+    else:
+        lo = m0 - m0
+    if HAS_RIGHT:
+        hi = tl.maximum(tl.minimum(Sk, m_last + off + right + 1), 0)
+        fh = tl.maximum(tl.minimum(Sk, m0 + off + right + 1), 0)
+    else:
+        hi = Sk
+        fh = Sk
+    hi = tl.where(m0 < Sq, hi, lo)
+    hi = tl.maximum(hi, lo)
+    if HAS_LEFT:
+        flo = tl.maximum(m_last + off - left, lo)
+        flo = ((flo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N
+        flo = tl.minimum(flo, hi)
+    else:
+        flo = lo
+    fh = (fh // BLOCK_N) * BLOCK_N
+    fh = tl.minimum(tl.maximum(fh, flo), hi)
+
+    # ---- load Q --------------------------------------------------------------
+    q_ptrs = q_base + offs_m[:, None].to(tl.int64) * sq_m + offs_d[None, :] * sq_d
+    if EVEN_D:
+        q = tl.load(q_ptrs, mask=mmask[:, None], other=0.0)
+    else:
+        q = tl.load(q_ptrs, mask=mmask[:, None] & dmask_q, other=0.0)
+    if TMA:
+        # device-side TMA descriptors bounded by this sequence (zero fill past its end);
+        # an empty sequence gets a 1-row shape but its key loop is empty (hi == lo).
+        Sk1 = tl.maximum(Sk, 1)
+        K_ptrs = tl.make_tensor_descriptor(k_base, shape=[Sk1, D], strides=[sk_n, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        V_ptrs = tl.make_tensor_descriptor(v_base, shape=[Sk1, DV], strides=[sv_n, 1],
+                                           block_shape=[BLOCK_N, BLOCK_DV])
+    else:
+        if KNAT:
+            K_ptrs = k_base + offs_n0[:, None] * sk_n + offs_d[None, :] * sk_d
+        else:
+            K_ptrs = k_base + offs_n0[None, :] * sk_n + offs_d[:, None] * sk_d
+        V_ptrs = v_base + offs_n0[:, None] * sv_n + offs_dv[None, :] * sv_d
+
+    if ALIBI:
+        slope2 = tl.load(SLOPES + b * sa_b + h * sa_h).to(tl.float32) * 1.4426950408889634
+    else:
+        slope2 = 0.0
+    if SINKS:
+        sink2 = tl.load(SINK_PTR + h).to(tl.float32) * 1.4426950408889634
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + sink2
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+    else:
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) - float("inf")
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+
+    acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, lo, flo, offs_m, offs_n0, off, Sk,
+                          sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
+                          BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
+                          PREC, TMA, FAST, KNAT)
+    if TMA and PIPE:
+        acc, l_i, m_i = _tile_pipelined(acc, l_i, m_i, q, K_ptrs, V_ptrs, flo, fh, offs_m,
+                                        offs_n0, off, qk_scale, cap2, slope2, BLOCK_N, SOFTCAP,
+                                        ALIBI, PREC, FAST)
+    else:
+        acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, flo, fh, offs_m, offs_n0, off, Sk,
+                              sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
+                              BLOCK_N, False, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
+                              PREC, TMA, FAST, KNAT)
+    acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, fh, hi, offs_m, offs_n0, off, Sk,
+                          sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
+                          BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
+                          PREC, TMA, FAST, KNAT)
+
+    # ---- epilogue ------------------------------------------------------------
+    has = l_i > 0.0
+    inv = tl.where(has, 1.0 / tl.where(has, l_i, 1.0), 0.0)
+    out = acc * inv[:, None]
+    o_ptrs = o_base + offs_m[:, None].to(tl.int64) * so_m + offs_dv[None, :] * so_d
+    if EVEN_DV:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mmask[:, None])
+    else:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=mmask[:, None] & dmask_v)
+    if STORE_LSE:
+        lse = tl.where(has, (m_i + tl.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453,
+                       float("-inf"))
+        tl.store(l_base + offs_m * sl_m, lse, mask=mmask)
+
+
+# ------------------------------------------------------------------------------
+# configuration table (no autotuning: graph-capture safe, no recompiles)
+# ------------------------------------------------------------------------------
+
+def prefill_config(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: bool,
+                   device: torch.device, tma: bool = True) -> dict:
+    """Static launch configuration: BLOCK_M, BLOCK_N, num_warps, num_stages.
+
+    sm90 entries were picked by benchmarks/triton_sweep.py on an H200 with Triton 3.6
+    (docs/PERF.md); other archs use conservative FA2 settings (not measured here).
+    """
+    bd = max(16, next_pow2(max(head_dim, head_dim_v)))
+    if interpret_mode() or device.type != "cuda":
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    major, minor = capability(device)
+    if dtype == torch.float32:
+        if bd <= 64:
+            return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+        if bd <= 128:
+            return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    if major >= 9 and tma:
+        if bd <= 64:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+        if bd <= 128:
+            return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+    if major >= 9:  # pointer loads (strides not TMA-compatible)
+        if bd <= 64:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+        if bd <= 128:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    if major == 8 and minor == 0:
+        if bd <= 64:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+        if bd <= 128:
+            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    # sm75 / sm86 / sm89: ~100 KB shared memory per SM
+    if bd <= 64:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=2)
+    if bd <= 128:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1)
+
+
+_ALLOCATOR_SET = False
+
+
+def _ensure_allocator():
+    # Device-side tensor descriptors need a small global scratch buffer per launch.
+    # Process-wide: replaces any allocator set earlier through triton.set_allocator.
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        def alloc(size, alignment, stream):
+            return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+        triton.set_allocator(alloc)
+        _ALLOCATOR_SET = True
+
+
+def _tma_ok(q, k, v) -> bool:
+    """TMA descriptors need unit last stride and 16-byte aligned rows / bases."""
+    if q.device.type != "cuda" or interpret_mode() or capability(q.device)[0] < 9:
+        return False
+    if not (hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
+        return False  # Triton < 3.4
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    for t in (q, k, v):
+        if t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any(st % 8 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, window=None,
+                            softcap=None, alibi_slopes=None, sinks=None,
+                            cu_seqlens_q=None, cu_seqlens_k=None,
+                            max_seqlen_q=None, max_seqlen_k=None, config=None):
+    """Attention forward into ``out`` (and ``lse``).
+
+    dense:  q (B,Sq,Hq,D), k (B,Sk,Hkv,D), v (B,Sk,Hkv,Dv), out (B,Sq,Hq,Dv), lse (B,Hq,Sq)
+    varlen: q (Tq,Hq,D), k (Tk,Hkv,D), v (Tk,Hkv,Dv), out (Tq,Hq,Dv), lse (Hq,Tq),
+            cu_seqlens_q/k int32 (B+1,), max_seqlen_q/k host ints.
+    Any strides. Inputs are assumed validated by the caller.
+    """
+    with device_guard(q):
+        return _flash_attention_forward(**locals())
+
+
+def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, window=None,
+                             softcap=None, alibi_slopes=None, sinks=None,
+                             cu_seqlens_q=None, cu_seqlens_k=None,
+                             max_seqlen_q=None, max_seqlen_k=None, config=None):
+    """Body of the public function (runs with q's device current)."""
+    varlen = cu_seqlens_q is not None
+    if varlen:
+        B = cu_seqlens_q.shape[0] - 1
+        Hq, D = q.shape[1], q.shape[2]
+        Hkv, Dv = k.shape[1], v.shape[2]
+        sq = (0, q.stride(0), q.stride(1), q.stride(2))
+        sk = (0, k.stride(0), k.stride(1), k.stride(2))
+        sv = (0, v.stride(0), v.stride(1), v.stride(2))
+        so = (0, out.stride(0), out.stride(1), out.stride(2))
+        sl = (0, lse.stride(0), lse.stride(1)) if lse is not None else (0, 0, 0)
+        seqlen_q, seqlen_k = 0, 0
+        grid_m = max(int(max_seqlen_q), 0)
+        cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
+    else:
+        B, Sq, Hq, D = q.shape
+        Sk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        sq, sk, sv, so = q.stride(), k.stride(), v.stride(), out.stride()
+        sl = lse.stride() if lse is not None else (0, 0, 0)
+        seqlen_q, seqlen_k = Sq, Sk
+        grid_m = Sq
+        cu_q = cu_k = q  # unused placeholders
+    if B == 0 or grid_m == 0 or Hq == 0:
+        return out
+    tma = (config or {}).get("TMA", True) and _tma_ok(q, k, v)
+    cfg = prefill_config(D, Dv, q.dtype, causal, q.device, tma=tma)
+    if config:
+        cfg.update(config)
+    has_left, has_right, left, right = window_bounds(causal, window)
+    qk_scale, cap2, has_cap = logit_constants(scale, softcap)
+    if alibi_slopes is not None:
+        sa = (alibi_slopes.stride(0), alibi_slopes.stride(1)) if alibi_slopes.dim() == 2 \
+            else (0, alibi_slopes.stride(0))
+    else:
+        sa = (0, 0)
+    BM = cfg["BLOCK_M"]
+    if tma:
+        _ensure_allocator()
+    grid = (cdiv(grid_m, BM), Hq, B)
+    _fwd_kernel[grid](
+        q, k, v, out, lse if lse is not None else out,
+        alibi_slopes if alibi_slopes is not None else out,
+        sinks if sinks is not None else out, cu_q, cu_k,
+        *sq, *sk, *sv, *so, *sl, *sa,
+        seqlen_q, seqlen_k, qk_scale, cap2, left, right,
+        GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_M=BM, BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_D=max(16, next_pow2(D)), BLOCK_DV=max(16, next_pow2(Dv)),
+        VARLEN=varlen, HAS_LEFT=has_left, HAS_RIGHT=has_right,
+        SOFTCAP=has_cap, ALIBI=alibi_slopes is not None, SINKS=sinks is not None,
+        STORE_LSE=lse is not None, REVERSE=bool(has_right), PREC=dot_precision(q.dtype),
+        POS_SCALE=bool(qk_scale > 0), KNAT=bool(cfg.get("KNAT", False)), TMA=tma,
+        PIPE=bool(cfg.get("PIPE", False)),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out

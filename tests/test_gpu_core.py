@@ -15,7 +15,7 @@ from tests import inputs
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-BACKENDS = ["sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex", "reference"]
+BACKENDS = ["sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex", "triton", "reference"]
 FEATURES = [
     dict(), dict(causal=True), dict(window=(64, 0)), dict(window=(32, 16)), dict(softcap=20.0),
     dict(alibi=True), dict(sinks=True), dict(lse=True), dict(causal=True, softcap=30.0, sinks=True, lse=True),

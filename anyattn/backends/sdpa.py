@@ -40,7 +40,8 @@ HAS_ENABLE_GQA = _has_enable_gqa()
 class SdpaBackend(Backend):
     #: torch.nn.attention.SDPBackend member name, None = let torch choose
     kernel: str | None = None
-    #: whether this kernel takes enable_gqa itself; otherwise K/V heads are repeated
+    #: whether this kernel takes enable_gqa itself (torch >= 2.5); otherwise torch is asked
+    #: once per device (_kernel_takes_gqa) and, failing that, K/V heads are repeated
     native_gqa: bool = True
     #: whether this kernel accepts an explicit attention mask / bias on CUDA
     takes_mask: bool = True
@@ -60,22 +61,26 @@ class SdpaBackend(Backend):
         out = []
         if req.device_type == "cuda" and not self.takes_mask and _needs_mask(req):
             out.append("this kernel takes no attention mask, and " + _why_mask(req) + " needs one")
-        if req.gqa_ratio > 1 and self.native_gqa and not HAS_ENABLE_GQA:
-            out.append(f"torch {torch.__version__} has no enable_gqa (needs torch >= 2.5)")
         if out or self.kernel is None or self.kernel == "MATH" or self.caps.reasons(req):
             return out  # torch's own check only adds noise once the data already says no
-        return list(_torch_kernel_reasons(self.kernel, req, self.native_gqa))
+        return list(_torch_kernel_reasons(self.kernel, req, self._gqa_native(_req_device(req))))
 
     def notes(self, req: Request) -> list[str]:
         out = []
         if req.op != "attention":
             out.append(f"{req.op} served by gathering into a padded batch with a mask "
                        "(extra memory and time; a native varlen/paged backend is faster)")
-        if req.gqa_ratio > 1 and not (self.native_gqa and HAS_ENABLE_GQA):
+        if req.gqa_ratio > 1 and not self._gqa_native(_req_device(req)):
             out.append("K/V heads repeated to match the query heads (this kernel has no native GQA)")
         if _needs_mask(req):
             out.append(f"a dense mask of Sq x Sk is built for {_why_mask(req)}")
         return out
+
+    def _gqa_native(self, device) -> bool:
+        """Whether this kernel takes enable_gqa itself (else K/V heads are repeated)."""
+        if not HAS_ENABLE_GQA:
+            return False
+        return self.native_gqa or _kernel_takes_gqa(self.kernel, device)
 
     # -- ops --------------------------------------------------------------------------------
     def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
@@ -105,7 +110,7 @@ class SdpaBackend(Backend):
         group = q.shape[2] // k.shape[2]
         kwargs = {}
         if group > 1:
-            if self.native_gqa and HAS_ENABLE_GQA:
+            if self._gqa_native(q.device):
                 kwargs["enable_gqa"] = True
             else:
                 kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
@@ -232,11 +237,34 @@ def _clean_torch_warnings(caught) -> tuple[str, ...]:
     return tuple(dict.fromkeys(texts))
 
 
+def _req_device(req: Request) -> torch.device:
+    return torch.device(req.device_type, req.device_index) if req.device_index is not None else torch.device(req.device_type)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_takes_gqa(kernel: str | None, device: torch.device) -> bool:
+    """Ask torch once per device whether a fused kernel accepts enable_gqa (newer torch grew it
+    for cuDNN and the efficient kernel); repeating K/V heads costs memory and bandwidth."""
+    can_use = {"EFFICIENT_ATTENTION": "can_use_efficient_attention",
+               "CUDNN_ATTENTION": "can_use_cudnn_attention"}.get(kernel)
+    if device.type != "cuda" or can_use is None or not hasattr(torch.backends.cuda, can_use):
+        return False
+    q = torch.empty(1, 4, 16, 64, dtype=torch.bfloat16, device=device)
+    k = torch.empty(1, 2, 16, 64, dtype=torch.bfloat16, device=device)
+    try:
+        params = torch.backends.cuda.SDPAParams(q, k, k, None, 0.0, False, True)
+    except TypeError:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return bool(getattr(torch.backends.cuda, can_use)(params, False))
+
+
 def _stand_ins(req: Request, native_gqa: bool):
-    dev = torch.device(req.device_type, req.device_index) if req.device_index is not None else req.device_type
+    dev = _req_device(req)
     hkv = 2
     hq = hkv * req.gqa_ratio
-    gqa = req.gqa_ratio > 1 and native_gqa and HAS_ENABLE_GQA
+    gqa = req.gqa_ratio > 1 and native_gqa
     if req.gqa_ratio > 1 and not gqa:
         hkv = hq
     sq, sk = 16, 32 if req.causal_offset else 16

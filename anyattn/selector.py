@@ -27,21 +27,23 @@ ENV_VAR = "ANYATTN_BACKEND"
 # The automatic ranking: fastest first, per GPU family and op. Backends that cannot serve a
 # request drop out with their reasons; the first left wins.
 #
-# Why this order:
+# Why this order (numbers: docs/PERF.md, `anyattn bench` on the lent H200, bf16, d=128, 16k):
 # * Hopper (sm90): FlashAttention-3 is the fastest dense/varlen/paged kernel on sm90 (~650
-#   TFLOP/s bf16 d128, published). cuDNN attention through SDPA follows closely (612 TFLOP/s
-#   measured on this workplace's H200) and needs no extra install. anyattn's own Triton kernels
-#   come next (docs/PERF.md has their numbers), ahead of FA2 (353 TFLOP/s through SDPA: it has no
-#   wgmma path), FlexAttention (491 but compiles per shape family) and the rest.
-#   FlashInfer leads paged decode after FA3: it is built for it.
+#   TFLOP/s published). cuDNN attention through SDPA follows (624 non-causal / 572 causal
+#   measured) and needs no extra install. anyattn's Triton kernels come next (514 / 505; no
+#   compile step at install, every feature, CUDA-graph safe), ahead of FA2 (sdpa_flash: 354 / 322,
+#   no wgmma path) and FlexAttention (485 / 391, but it compiles on every new shape). For paged
+#   decode Triton reads KV at 93-100 % of copy bandwidth at batch >= 32 with no host sync, so it
+#   goes before FlashInfer, whose plan() synchronises on every call through anyattn.
 # * Ampere/Ada (sm80-sm89): FA2 is the reference kernel there; torch's flash kernel is the same
-#   code; cuDNN is close; Triton, xFormers and Flex follow.
+#   code; cuDNN is close; Triton, xFormers and Flex follow. For paged KV, Triton (no host sync,
+#   graph-safe) goes before FlashInfer, whose plan() synchronises on every call through anyattn.
 # * Blackwell (sm100+): FA2/FA3 wheels lag; FlashInfer and cuDNN ship sm100 kernels first
-#   (vLLM defaults to FlashInfer there).
+#   (vLLM defaults to FlashInfer there); Triton's sm100 configurations are not tuned.
 # * Pre-Ampere (sm70/sm75, T4/V100): FlashAttention refuses these GPUs; xFormers' cutlass kernel
 #   and torch's memory-efficient kernel run there.
-# * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape
-#   family) so it only leads for what SDPA lacks (softcap, lse, sinks); the reference last.
+# * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape)
+#   so it only leads for what SDPA lacks (softcap, lse, sinks); the reference last.
 # Varlen/paged: native kernels first, gathering fallbacks (SDPA, Flex paged) after them.
 # --------------------------------------------------------------------------------------------
 _FALLBACKS = ["sdpa_efficient", "sdpa_math", "reference"]
@@ -51,13 +53,13 @@ AUTO_ORDER: dict[str, dict[str, list[str]]] = {
                       "xformers", "flashinfer", *_FALLBACKS],
         "varlen": ["flash_attn_3", "triton", "flash_attn", "flashinfer", "xformers", "flex",
                    "sdpa_cudnn", *_FALLBACKS],
-        "paged": ["flash_attn_3", "flashinfer", "triton", "flash_attn", "flex", "sdpa_cudnn", *_FALLBACKS],
+        "paged": ["flash_attn_3", "triton", "flashinfer", "flash_attn", "flex", "sdpa_cudnn", *_FALLBACKS],
     },
     "ampere": {
         "attention": ["flash_attn", "sdpa_flash", "sdpa_cudnn", "triton", "xformers", "flex",
                       "flashinfer", *_FALLBACKS],
         "varlen": ["flash_attn", "triton", "flashinfer", "xformers", "flex", "sdpa_flash", *_FALLBACKS],
-        "paged": ["flashinfer", "flash_attn", "triton", "flex", "sdpa_flash", *_FALLBACKS],
+        "paged": ["flash_attn", "triton", "flashinfer", "flex", "sdpa_flash", *_FALLBACKS],
     },
     "blackwell": {
         "attention": ["flashinfer", "sdpa_cudnn", "flash_attn", "triton", "sdpa_flash", "flex",

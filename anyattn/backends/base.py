@@ -14,11 +14,10 @@ the user's call.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -225,13 +224,6 @@ def caps(**kw) -> Capabilities:
     if unknown:
         raise ValueError(f"unknown features {sorted(unknown)}")
     return Capabilities(**kw)
-
-
-def replace_caps(c: Capabilities, **kw) -> Capabilities:
-    for key in ("devices", "dtypes", "ops", "features"):
-        if key in kw:
-            kw[key] = frozenset(kw[key])
-    return dataclasses.replace(c, **kw)
 
 
 def write_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

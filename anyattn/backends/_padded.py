@@ -75,7 +75,8 @@ def _gather_packed(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[idx.clamp(max=x.shape[0] - 1)]
 
 
-def _token_coordinates(cu_q: torch.Tensor, total: int):
+def token_coordinates(cu_q: torch.Tensor, total: int):
+    """For each packed token: its sequence and its position in it (device ops, no sync)."""
     t = torch.arange(total, device=cu_q.device)
     b = torch.searchsorted(cu_q[1:].long(), t, right=True)
     return b, t - cu_q.long()[b]
@@ -84,7 +85,7 @@ def _token_coordinates(cu_q: torch.Tensor, total: int):
 def from_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int) -> Padded:
     qi, q_lens = _positions(cu_q, max(max_q, 1))
     ki, k_lens = _positions(cu_k, max(max_k, 1))
-    tb, tp = _token_coordinates(cu_q, q.shape[0])
+    tb, tp = token_coordinates(cu_q, q.shape[0])
     return Padded(_gather_packed(q, qi), _gather_packed(k, ki), _gather_packed(v, ki), q_lens, k_lens, tb, tp)
 
 
@@ -103,7 +104,7 @@ def from_paged(q, k_cache, v_cache, block_table, seqused_k, cu_q, max_q: int, ma
     k = k_cache.reshape(-1, *k_cache.shape[2:])[flat.clamp(0, k_cache.shape[0] * bs - 1)]
     v = v_cache.reshape(-1, *v_cache.shape[2:])[flat.clamp(0, v_cache.shape[0] * bs - 1)]
     qi, q_lens = _positions(cu_q, max(max_q, 1))
-    tb, tp = _token_coordinates(cu_q, q.shape[0])
+    tb, tp = token_coordinates(cu_q, q.shape[0])
     return Padded(_gather_packed(q, qi), k, v, q_lens, seqused_k.long(), tb, tp)
 
 

@@ -16,6 +16,7 @@ import math
 import torch
 from packaging.version import InvalidVersion, Version
 
+from ._padded import token_coordinates  # noqa: F401  (re-exported for the adapters)
 from .base import Backend, add_sinks_via_lse, one_line, write_out  # noqa: F401
 
 LN2 = math.log(2.0)
@@ -95,20 +96,9 @@ def finish(o: torch.Tensor, lse: torch.Tensor | None, *, layout: str, sinks, ret
     if sinks is not None:
         if lse is None:
             raise RuntimeError("anyattn: sinks need the kernel's lse, which it did not return")
-        factor, lse = add_sinks_via_lse(o, lse, sinks, head_axis=1 if layout == "dense" else 0)
-        if layout == "dense":
-            o = (o.float() * factor.transpose(1, 2).unsqueeze(-1)).to(o.dtype)
-        else:
-            o = (o.float() * factor.transpose(0, 1).unsqueeze(-1)).to(o.dtype)
+        o, lse = add_sinks_via_lse(o, lse, sinks, layout)
     o = write_out(o, out)
     return o, (lse if return_lse else None)
-
-
-def token_coordinates(cu: torch.Tensor, total: int):
-    """For each packed token: its sequence and its position in it (device ops, no sync)."""
-    t = torch.arange(total, device=cu.device)
-    b = torch.searchsorted(cu[1:].long(), t, right=True)
-    return b, t - cu.long()[b]
 
 
 def padded_lse_to_packed(lse: torch.Tensor, cu_q: torch.Tensor, total: int) -> torch.Tensor:

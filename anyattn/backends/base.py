@@ -234,17 +234,20 @@ def write_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
-def add_sinks_via_lse(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor, head_axis: int):
+def add_sinks_via_lse(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor, layout: str):
     """Fold per-head sink logits into an attention result that lacks them.
 
     With Z the softmax normaliser over the keys, adding a sink logit s changes it to
     Z' = Z + exp(s): the output scales by Z / Z' = exp(lse - lse') and lse becomes
-    lse' = logaddexp(lse, s). Exact, and cheap next to attention itself.
+    lse' = logaddexp(lse, s). Exact, and cheap next to attention itself. ``layout`` is "dense"
+    (out (B, S, H, D), lse (B, H, S)) or "packed" (out (T, H, D), lse (H, T)).
+    Returns (out, lse) with the sinks included.
     """
+    head_axis = 1 if layout == "dense" else 0
     shape = [1] * lse.dim()
     shape[head_axis] = -1
-    s = sinks.float().view(shape)
-    new_lse = torch.logaddexp(lse, s)
-    factor = torch.exp(lse - new_lse)  # 0 where lse == -inf (no visible key): output stays 0
-    factor = torch.nan_to_num(factor, nan=0.0)
-    return factor, new_lse
+    new_lse = torch.logaddexp(lse, sinks.float().view(shape))
+    # exp(-inf - s) = 0 where no key was visible: that row's output stays 0.
+    factor = torch.nan_to_num(torch.exp(lse - new_lse), nan=0.0)
+    factor = factor.transpose(1, 2) if layout == "dense" else factor.transpose(0, 1)
+    return (out.float() * factor.unsqueeze(-1)).to(out.dtype), new_lse

@@ -151,8 +151,7 @@ class FlexBackend(Backend):
             o, lse = res, None
         o = o.transpose(1, 2)
         if sinks is not None:
-            factor, lse = add_sinks_via_lse(o, lse, sinks, head_axis=1)
-            o = (o.float() * factor.transpose(1, 2).unsqueeze(-1)).to(q.dtype)
+            o, lse = add_sinks_via_lse(o, lse, sinks, "dense")
         # Rows with no visible key: flex leaves lse at -inf and the output at 0; keep it that way.
         return o, lse
 
@@ -161,8 +160,8 @@ class _Documents:
     """Packed variable-length sequences as document ids, for one block mask over B=1."""
 
     def __init__(self, cu_q, cu_k, tq, tk):
-        self.q_doc, self.q_pos = _padded._token_coordinates(cu_q, tq)
-        self.k_doc, self.k_pos = _padded._token_coordinates(cu_k, tk)
+        self.q_doc, self.q_pos = _padded.token_coordinates(cu_q, tq)
+        self.k_doc, self.k_pos = _padded.token_coordinates(cu_k, tk)
         self.offset = (cu_k[1:] - cu_k[:-1] - (cu_q[1:] - cu_q[:-1])).long()
 
 

@@ -19,9 +19,14 @@ next tile issued before the softmax); it measured slower on H200/Triton 3.6
 and is off by default (docs/PERF.md).
 
 Configurations come from a static table keyed by (head dim, dtype, GPU arch,
-TMA or not); nothing is autotuned, so launches are CUDA-graph safe and a warm
-process never recompiles for new sequence lengths (sequence lengths, window
-sizes and batch/LSE strides are not specialised on).
+TMA or not, masked or not, and on sm90 a bucket of max_seqlen_k); nothing is
+autotuned, so launches are CUDA-graph safe and a warm process does not recompile
+for new sequence lengths within a bucket (sequence lengths, window sizes and
+batch/LSE strides are not specialised on; at most three buckets per head dim).
+
+On sm90 the K/V descriptors are normally built on the host (``HOSTDESC``, a
+(rows, heads * D) view: dense with batch stride == Sk * row stride, or varlen;
+D and Dv powers of two); otherwise on the device per program.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, se
           BLOCK_N: tl.constexpr, MASK: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
           HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
           EVEN_DV: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr,
-          FAST: tl.constexpr, KNAT: tl.constexpr):
+          FAST: tl.constexpr, KNAT: tl.constexpr, krow, kcol, vcol, HOSTDESC: tl.constexpr):
     # K_ptrs/V_ptrs are tensor descriptors when TMA (rows past the tensor end read as 0);
     # otherwise pointer tiles advanced in 64-bit pointer arithmetic (no int32 overflow).
     if TMA:
@@ -67,7 +72,7 @@ def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, se
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + offs_n0
         if TMA:
-            k = kp.load([n0, 0]).T
+            k = kp.load([krow + n0, kcol]).T
         elif MASK:
             nmask = offs_n < seqlen_k
             if KNAT:
@@ -121,7 +126,11 @@ def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, se
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if TMA:
-            v = vp.load([n0, 0])
+            v = vp.load([krow + n0, vcol])
+            if HOSTDESC and MASK:
+                # rows past this sequence belong to the next one: zero them (p is 0 there,
+                # but 0 * inf/nan would still leak)
+                v = tl.where((offs_n < seqlen_k)[:, None], v, 0.0)
         elif MASK:
             if EVEN_DV:
                 v = tl.load(vp, mask=nmask[:, None], other=0.0)
@@ -193,7 +202,7 @@ def _tile_pipelined(acc, l_i, m_i, q, Kd, Vd, start, end, offs_m, offs_n0, off, 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "sq_b", "sk_b", "sv_b",
                                "so_b", "sl_b", "sl_h"])
-def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
+def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K, KD, VD,
                 sq_b, sq_m, sq_h, sq_d,
                 sk_b, sk_n, sk_h, sk_d,
                 sv_b, sv_n, sv_h, sv_d,
@@ -207,7 +216,8 @@ def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
                 VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                 SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, SINKS: tl.constexpr,
                 STORE_LSE: tl.constexpr, REVERSE: tl.constexpr, PREC: tl.constexpr,
-                POS_SCALE: tl.constexpr, KNAT: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr):
+                POS_SCALE: tl.constexpr, KNAT: tl.constexpr, TMA: tl.constexpr, PIPE: tl.constexpr,
+                HOSTDESC: tl.constexpr):
     FAST: tl.constexpr = (not SOFTCAP) and (not ALIBI) and POS_SCALE
     if REVERSE:
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -283,7 +293,22 @@ def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
         q = tl.load(q_ptrs, mask=mmask[:, None], other=0.0)
     else:
         q = tl.load(q_ptrs, mask=mmask[:, None] & dmask_q, other=0.0)
-    if TMA:
+    krow = Sk * 0
+    kcol = Sk * 0
+    vcol = Sk * 0
+    if TMA and HOSTDESC:
+        # host-built descriptors over the (rows, heads * D) view of K/V: no per-program
+        # descriptor creation. Tiles of the masked loops may run into the next sequence's
+        # rows; those keys are masked and their V rows zeroed in _tile.
+        K_ptrs = KD
+        V_ptrs = VD
+        if VARLEN:
+            krow = k_start
+        else:
+            krow = b * seqlen_k
+        kcol = kvh * sk_h
+        vcol = kvh * sv_h
+    elif TMA:
         # device-side TMA descriptors bounded by this sequence (zero fill past its end);
         # an empty sequence gets a 1-row shape but its key loop is empty (hi == lo).
         Sk1 = tl.maximum(Sk, 1)
@@ -314,7 +339,7 @@ def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
     acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, lo, flo, offs_m, offs_n0, off, Sk,
                           sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
                           BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
-                          PREC, TMA, FAST, KNAT)
+                          PREC, TMA, FAST, KNAT, krow, kcol, vcol, HOSTDESC)
     if TMA and PIPE:
         acc, l_i, m_i = _tile_pipelined(acc, l_i, m_i, q, K_ptrs, V_ptrs, flo, fh, offs_m,
                                         offs_n0, off, qk_scale, cap2, slope2, BLOCK_N, SOFTCAP,
@@ -323,11 +348,11 @@ def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
         acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, flo, fh, offs_m, offs_n0, off, Sk,
                               sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
                               BLOCK_N, False, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
-                              PREC, TMA, FAST, KNAT)
+                              PREC, TMA, FAST, KNAT, krow, kcol, vcol, HOSTDESC)
     acc, l_i, m_i = _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, fh, hi, offs_m, offs_n0, off, Sk,
                           sk_n, sv_n, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
                           BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV,
-                          PREC, TMA, FAST, KNAT)
+                          PREC, TMA, FAST, KNAT, krow, kcol, vcol, HOSTDESC)
 
     # ---- epilogue ------------------------------------------------------------
     has = l_i > 0.0
@@ -349,11 +374,17 @@ def _fwd_kernel(Q, K, V, O, LSE, SLOPES, SINK_PTR, CU_Q, CU_K,
 # ------------------------------------------------------------------------------
 
 def prefill_config(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: bool,
-                   device: torch.device, tma: bool = True) -> dict:
+                   device: torch.device, tma: bool = True,
+                   max_seqlen_k: int | None = None) -> dict:
     """Static launch configuration: BLOCK_M, BLOCK_N, num_warps, num_stages.
 
-    sm90 entries were picked by benchmarks/triton_sweep.py on an H200 with Triton 3.6
-    (docs/PERF.md); other archs use conservative FA2 settings (not measured here).
+    sm90 entries were picked by benchmarks/triton_sweep.py and
+    benchmarks/prefill_short_sweep.py on an H200 with Triton 3.6 (docs/PERF.md); other archs
+    use conservative FA2 settings (not measured here). On sm90 with TMA the table also keys
+    on ``max_seqlen_k`` in at most three buckets per (head dim, causal): short key ranges and
+    causal masks (few key tiles per program) take 64-row, 4-warp tiles (two programs per SM,
+    so one program's prologue/epilogue overlaps another's main loop); long non-causal ones
+    the large tiles. Crossing a bucket compiles one more variant, once per process.
     """
     bd = max(16, next_pow2(max(head_dim, head_dim_v)))
     if interpret_mode() or device.type != "cuda":
@@ -366,9 +397,16 @@ def prefill_config(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: b
             return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
     if major >= 9 and tma:
+        sk = int(max_seqlen_k) if max_seqlen_k is not None else 1 << 30
         if bd <= 64:
-            return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+            if (causal and sk <= 6144) or sk <= 768:
+                return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+            if not causal and sk <= 3072:
+                return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+            return dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3)
         if bd <= 128:
+            if (causal and sk <= 6144) or sk <= 1536:
+                return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
             return dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     if major >= 9:  # pointer loads (strides not TMA-compatible)
@@ -422,6 +460,42 @@ def _tma_ok(q, k, v) -> bool:
     return True
 
 
+def _host_descriptors(k, v, varlen, sk, sv, cfg, want):
+    """Host-side TMA descriptors over the (rows, heads * D) view of K and V, or (None, None).
+
+    Rows are (batch, key) pairs (dense; needs batch stride == Sk * row stride) or tokens
+    (varlen). D and Dv must be powers of two so that a [BLOCK_N, D] box never reads into the
+    next head's columns. The kernel offsets rows by the sequence start and columns by the kv
+    head; its masked loops zero V rows past the sequence end.
+    """
+    if not want:
+        return None, None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # Triton < 3.4
+        return None, None
+    D, Dv = k.shape[-1], v.shape[-1]
+    if D != max(16, next_pow2(D)) or Dv != max(16, next_pow2(Dv)):
+        return None, None
+    if varlen:
+        rows = k.shape[0]
+    else:
+        B, Sk = k.shape[0], k.shape[1]
+        if B > 1 and (sk[0] != Sk * sk[1] or sv[0] != Sk * sv[1]):
+            return None, None
+        rows = B * Sk
+    hkv = k.shape[-2]
+    if rows == 0 or hkv == 0:
+        return None, None
+    # heads side by side inside a row (the usual (..., H, D) layout)
+    if sk[2] < D or sv[2] < Dv or sk[1] < (hkv - 1) * sk[2] + D or sv[1] < (hkv - 1) * sv[2] + Dv:
+        return None, None
+    bn = cfg["BLOCK_N"]
+    kd = TensorDescriptor(k, [rows, (hkv - 1) * sk[2] + D], [sk[1], 1], [bn, D])
+    vd = TensorDescriptor(v, [rows, (hkv - 1) * sv[2] + Dv], [sv[1], 1], [bn, Dv])
+    return kd, vd
+
+
 def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, window=None,
                             softcap=None, alibi_slopes=None, sinks=None,
                             cu_seqlens_q=None, cu_seqlens_k=None,
@@ -466,10 +540,12 @@ def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, win
     if B == 0 or grid_m == 0 or Hq == 0:
         return out
     tma = (config or {}).get("TMA", True) and _tma_ok(q, k, v)
-    cfg = prefill_config(D, Dv, q.dtype, causal, q.device, tma=tma)
+    has_left, has_right, left, right = window_bounds(causal, window)
+    # masked key ranges (causal / window) behave like short ones: few tiles per program
+    cfg = prefill_config(D, Dv, q.dtype, bool(has_left or has_right), q.device, tma=tma,
+                         max_seqlen_k=max_seqlen_k if varlen else Sk)
     if config:
         cfg.update(config)
-    has_left, has_right, left, right = window_bounds(causal, window)
     qk_scale, cap2, has_cap = logit_constants(scale, softcap)
     if alibi_slopes is not None:
         sa = (alibi_slopes.stride(0), alibi_slopes.stride(1)) if alibi_slopes.dim() == 2 \
@@ -477,13 +553,18 @@ def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, win
     else:
         sa = (0, 0)
     BM = cfg["BLOCK_M"]
-    if tma:
+    pipe = bool(cfg.get("PIPE", False))
+    kd, vd = _host_descriptors(k, v, varlen, sk, sv, cfg, tma and not pipe and
+                               cfg.get("HOSTDESC", True))
+    hostdesc = kd is not None
+    if tma and not hostdesc:
         _ensure_allocator()
     grid = (cdiv(grid_m, BM), Hq, B)
     _fwd_kernel[grid](
         q, k, v, out, lse if lse is not None else out,
         alibi_slopes if alibi_slopes is not None else out,
         sinks if sinks is not None else out, cu_q, cu_k,
+        kd if hostdesc else k, vd if hostdesc else v,
         *sq, *sk, *sv, *so, *sl, *sa,
         seqlen_q, seqlen_k, qk_scale, cap2, left, right,
         GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_M=BM, BLOCK_N=cfg["BLOCK_N"],
@@ -492,7 +573,8 @@ def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, win
         SOFTCAP=has_cap, ALIBI=alibi_slopes is not None, SINKS=sinks is not None,
         STORE_LSE=lse is not None, REVERSE=bool(has_right), PREC=dot_precision(q.dtype),
         POS_SCALE=bool(qk_scale > 0), KNAT=bool(cfg.get("KNAT", False)), TMA=tma,
-        PIPE=bool(cfg.get("PIPE", False)),
+        PIPE=pipe, HOSTDESC=hostdesc,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
     )
     return out

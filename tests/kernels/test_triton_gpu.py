@@ -201,12 +201,38 @@ def test_no_recompile_for_new_sequence_lengths():
         anyattn.paged_attention(q, kc, vc, bt, su, max_seqlen_k=4096, backend="triton")
 
     dense(257)
+    dense(8192)  # configs are bucketed by max_seqlen_k: warm both causal d=128 buckets
     decode(1000)
     before = (n_variants(triton_prefill._fwd_kernel), n_variants(triton_paged._paged_kernel))
-    for s in (1000, 333, 4096, 17):
+    for s in (1000, 333, 4096, 17, 7000):
         dense(s)
     for n in (3000, 77, 4000):
         decode(n)
     torch.cuda.synchronize()
     after = (n_variants(triton_prefill._fwd_kernel), n_variants(triton_paged._paged_kernel))
     assert after == before
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("s,d", [(17, 128), (300, 64), (1000, 128), (256, 128)])
+def test_host_descriptors_do_not_leak_across_sequences(causal, s, d):
+    # host-side TMA descriptors view K/V as (batch * Sk, heads * D): edge tiles read rows of the
+    # next sequence. Put NaN there (the last sequence) and check the others stay exact.
+    from anyattn.kernels.triton_prefill import flash_attention_forward
+    q = torch.randn(3, s, 8, d, device=DEV, dtype=torch.bfloat16)
+    k = torch.randn(3, s, 2, d, device=DEV, dtype=torch.bfloat16)
+    v = torch.randn(3, s, 2, d, device=DEV, dtype=torch.bfloat16)
+    ref = anyattn.attention(q.float(), k.float(), v.float(), causal=causal, backend="reference")
+    k[-1] = float("nan")
+    v[-1] = float("nan")
+    for cfg in (None, dict(HOSTDESC=False)):
+        out = torch.full_like(q, float("nan"))
+        flash_attention_forward(q, k, v, out, scale=d ** -0.5, causal=causal, config=cfg)
+        assert _rel(out[:2], ref[:2]) < TOL[torch.bfloat16]
+    # varlen: the same through cu_seqlens (rows of the next sequence follow directly)
+    cu = torch.tensor([0, s, 2 * s, 3 * s], device=DEV, dtype=torch.int32)
+    out = torch.full((3 * s, 8, d), float("nan"), device=DEV, dtype=torch.bfloat16)
+    flash_attention_forward(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), out,
+                            scale=d ** -0.5, causal=causal, cu_seqlens_q=cu, cu_seqlens_k=cu,
+                            max_seqlen_q=s, max_seqlen_k=s)
+    assert _rel(out[:2 * s].view(2, s, 8, d), ref[:2]) < TOL[torch.bfloat16]

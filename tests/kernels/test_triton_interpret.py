@@ -241,7 +241,8 @@ def test_block_n_fits_page():
     assert G._fit_block_n(64, 80) == 16
 
 
-@pytest.mark.parametrize("pipe", [False, True], ids=["tma", "tma-pipelined"])
+@pytest.mark.parametrize("pipe", [dict(PIPE=False, HOSTDESC=False), dict(HOSTDESC=True),
+                                  dict(PIPE=True)], ids=["tma-device", "tma-host", "tma-pipelined"])
 @pytest.mark.parametrize("case", [DENSE[0], DENSE[1], DENSE[3], DENSE[5], DENSE[6]],
                          ids=["plain", "causal", "window", "softcap-alibi", "alibi-sinks"])
 def test_dense_tma_paths(case, pipe, monkeypatch):
@@ -257,7 +258,36 @@ def test_dense_tma_paths(case, pipe, monkeypatch):
     out = torch.full((B, Sq, Hq, Dv), float("nan"), dtype=torch.float16)
     lse = torch.full((B, Hq, Sq), float("nan"))
     P.flash_attention_forward(q, k, v, out, lse, scale=D ** -0.5, alibi_slopes=slopes,
-                              sinks=sinks, config=dict(PIPE=pipe, BLOCK_M=16, BLOCK_N=16), **kw)
+                              sinks=sinks, config=dict(pipe, BLOCK_M=16, BLOCK_N=16), **kw)
     ro, rl = ref_dense(q, k, v, scale=D ** -0.5, slopes=slopes, sinks=sinks, **kw)
     assert _rel(out, ro) < TOL[torch.float16]
     _check_lse(lse, rl)
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_host_descriptors_mask_next_sequence(causal, varlen, monkeypatch):
+    """Host-side descriptors view K/V as (rows, heads * D): edge tiles read the next sequence's
+    rows. NaN there (the last sequence) must not reach the other sequences' outputs."""
+    monkeypatch.setattr(P, "_tma_ok", lambda q, k, v: True)
+    monkeypatch.setattr(P, "_ensure_allocator", lambda: None)
+    B, S, Hq, Hkv, D = 3, 37, 4, 2, 32
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(B, S, Hq, D, generator=gen).half()
+    k = torch.randn(B, S, Hkv, D, generator=gen).half()
+    v = torch.randn(B, S, Hkv, D, generator=gen).half()
+    ro, _ = ref_dense(q, k, v, scale=D ** -0.5, causal=causal)
+    k[-1] = float("nan")
+    v[-1] = float("nan")
+    cfg = dict(HOSTDESC=True, BLOCK_M=16, BLOCK_N=16)
+    if varlen:
+        cu = torch.arange(B + 1, dtype=torch.int32) * S
+        out = torch.full((B * S, Hq, D), float("nan"), dtype=torch.float16)
+        P.flash_attention_forward(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), out,
+                                  scale=D ** -0.5, causal=causal, cu_seqlens_q=cu,
+                                  cu_seqlens_k=cu, max_seqlen_q=S, max_seqlen_k=S, config=cfg)
+        out = out.view(B, S, Hq, D)
+    else:
+        out = torch.full((B, S, Hq, D), float("nan"), dtype=torch.float16)
+        P.flash_attention_forward(q, k, v, out, scale=D ** -0.5, causal=causal, config=cfg)
+    assert _rel(out[:B - 1], ro[:B - 1]) < TOL[torch.float16]

@@ -29,10 +29,10 @@ ENV_VAR = "ANYATTN_BACKEND"
 #
 # Why this order (numbers: docs/PERF.md, `anyattn bench` on the lent H200, bf16, d=128, 16k):
 # * Hopper (sm90): FlashAttention-3 is the fastest dense/varlen/paged kernel on sm90 (~650
-#   TFLOP/s published). cuDNN attention through SDPA follows (624 non-causal / 572 causal
-#   measured) and needs no extra install. anyattn's Triton kernels come next (514 / 505; no
-#   compile step at install, every feature, CUDA-graph safe), ahead of FA2 (sdpa_flash: 354 / 322,
-#   no wgmma path) and FlexAttention (485 / 391, but it compiles on every new shape). For paged
+#   TFLOP/s published). cuDNN attention through SDPA follows (618 non-causal / 565 causal
+#   measured) and needs no extra install. anyattn's Triton kernels come next (503 / 500; no
+#   compile step at install, every feature, CUDA-graph safe), ahead of FA2 (sdpa_flash: 354 / 320,
+#   no wgmma path) and FlexAttention (482 / 391, but it compiles on every new shape). For paged
 #   decode Triton reads KV at 93-100 % of copy bandwidth at batch >= 32 with no host sync, so it
 #   goes before FlashInfer, whose plan() synchronises on every call through anyattn.
 # * Ampere/Ada (sm80-sm89): FA2 is the reference kernel there; torch's flash kernel is the same

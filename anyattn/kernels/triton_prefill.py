@@ -55,6 +55,23 @@ def _tanh(x):
 
 
 @triton.jit
+def _logits(qk, offs_m, offs_n, off, qk_scale, cap2, slope2, SOFTCAP: tl.constexpr,
+            ALIBI: tl.constexpr, FAST: tl.constexpr):
+    # log2-domain logits of one tile. FAST (plain logits, scale > 0): the raw q.k, so the row
+    # max is taken on it and the scale folds into one FMA per element later.
+    if FAST:
+        s = qk
+    elif SOFTCAP:
+        s = cap2 * _tanh(qk * qk_scale)
+    else:
+        s = qk * qk_scale
+    if ALIBI:
+        rel = (offs_m[:, None] + off) - offs_n[None, :]
+        s = s - slope2 * tl.abs(rel).to(tl.float32)
+    return s
+
+
+@triton.jit
 def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, seqlen_k,
           stride_kn, stride_vn, qk_scale, cap2, slope2, left, right, dmask_k, dmask_v,
           BLOCK_N: tl.constexpr, MASK: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
@@ -93,16 +110,7 @@ def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, se
             if KNAT:
                 k = k.T
         qk = tl.dot(q, k, input_precision=PREC)
-        if FAST:
-            # plain logits, scale > 0: max on raw q.k, then one FMA per element
-            s = qk
-        elif SOFTCAP:
-            s = cap2 * _tanh(qk * qk_scale)
-        else:
-            s = qk * qk_scale
-        if ALIBI:
-            rel = (offs_m[:, None] + off) - offs_n[None, :]
-            s = s - slope2 * tl.abs(rel).to(tl.float32)
+        s = _logits(qk, offs_m, offs_n, off, qk_scale, cap2, slope2, SOFTCAP, ALIBI, FAST)
         if MASK:
             valid = offs_n[None, :] < seqlen_k
             if HAS_RIGHT:
@@ -153,15 +161,7 @@ def _tile(acc, l_i, m_i, q, K_ptrs, V_ptrs, start, end, offs_m, offs_n0, off, se
 def _step_nomask(qk, m_i, l_i, acc, offs_m, offs_n, off, qk_scale, cap2, slope2,
                  SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, FAST: tl.constexpr):
     # online-softmax update for a tile with no masked entry
-    if FAST:
-        s = qk
-    elif SOFTCAP:
-        s = cap2 * _tanh(qk * qk_scale)
-    else:
-        s = qk * qk_scale
-    if ALIBI:
-        rel = (offs_m[:, None] + off) - offs_n[None, :]
-        s = s - slope2 * tl.abs(rel).to(tl.float32)
+    s = _logits(qk, offs_m, offs_n, off, qk_scale, cap2, slope2, SOFTCAP, ALIBI, FAST)
     if FAST:
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         p = tl.exp2(s * qk_scale - m_new[:, None])

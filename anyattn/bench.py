@@ -223,6 +223,14 @@ def _ratios(rows):
                          if r["backend"] != "triton" and r.get("value")}
 
 
+def _by_case(rows, fields):
+    """Rows grouped by the case they measure, in first-seen order: case -> {backend: row}."""
+    cases: dict = {}
+    for r in rows:
+        cases.setdefault(tuple(r[f] for f in fields), {})[r["backend"]] = r
+    return cases
+
+
 def _table(rows, copy_gbs, names):
     from rich.table import Table
 
@@ -233,13 +241,7 @@ def _table(rows, copy_gbs, names):
         for col in ("d", "seqlen", "causal", *names, *(f"tri/{n}" for n in names if n != "triton"),
                     "triton 1st call s"):
             t.add_column(col, justify="right")
-        seen = []
-        for r in pre:
-            k = (r["head_dim"], r["seqlen"], r["causal"])
-            if k not in seen:
-                seen.append(k)
-        for k in seen:
-            g = {r["backend"]: r for r in pre if (r["head_dim"], r["seqlen"], r["causal"]) == k}
+        for k, g in _by_case(pre, ("head_dim", "seqlen", "causal")).items():
             tri = g.get("triton", {})
             vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
             rat = [f"{tri.get('ratios', {}).get(n, float('nan')):.2f}"
@@ -254,13 +256,7 @@ def _table(rows, copy_gbs, names):
         for col in ("block", "batch", "context", *names, "triton %copy",
                     *(f"tri/{n}" for n in names if n != "triton")):
             t.add_column(col, justify="right")
-        seen = []
-        for r in dec:
-            k = (r["block_size"], r["batch"], r["context"])
-            if k not in seen:
-                seen.append(k)
-        for k in seen:
-            g = {r["backend"]: r for r in dec if (r["block_size"], r["batch"], r["context"]) == k}
+        for k, g in _by_case(dec, ("block_size", "batch", "context")).items():
             tri = g.get("triton", {})
             vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
             rat = [f"{tri.get('ratios', {}).get(n):.2f}" if tri.get("ratios", {}).get(n) else "-"

@@ -12,8 +12,9 @@ flashinfer, xformers, triton) are imported when a call first needs them.
 
 from .api import attention, explain, paged_attention, varlen_attention
 from .selector import Decision, NoBackendError, clear_cache, use_backend
+from .warmup import warmup
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "varlen_attention", "paged_attention", "use_backend", "explain", "Decision",
+__all__ = ["attention", "varlen_attention", "paged_attention", "use_backend", "explain", "warmup", "Decision",
            "NoBackendError", "clear_cache", "__version__"]

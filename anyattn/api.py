@@ -1,7 +1,16 @@
-"""The public ops. Each validates on the host, picks a backend (cached) and runs it."""
+"""The public ops. Each validates on the host, picks a backend (cached) and runs it.
+
+Eagerly a call validates (memoised per metadata signature), looks up the cached decision and
+calls the backend: a few µs of Python. Under ``torch.compile`` (and ``torch.export``) the same
+call goes through anyattn's custom op (:mod:`anyattn.ops`), which the compiler keeps as one
+opaque node with no graph break; the backend is then picked when the op runs.
+"""
 
 from __future__ import annotations
 
+from torch.compiler import is_compiling as _is_compiling
+
+from . import ops as _ops
 from . import request as _rq
 from . import selector as _sel
 
@@ -23,6 +32,10 @@ def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0
     also the fp32 natural-log ``lse (B, Hq, Sq)``. ``backend`` forces a backend (one name: strict)
     or gives an ordered preference (a list or comma-separated names).
     """
+    if _is_compiling():
+        return _ops.attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
+                              alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
+                              backend=backend)
     req, scale, window, softcap = _rq.dense_request(
         q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
         sinks=sinks, return_lse=return_lse, out=out)
@@ -42,6 +55,11 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     ints (the longest sequence). Causal alignment is lower-right per sequence. Returns
     ``out (Tq, Hq, Dv)`` and with ``return_lse=True`` the fp32 ``lse (Hq, Tq)``.
     """
+    if _is_compiling():
+        return _ops.varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                     causal=causal, scale=scale, window=window, softcap=softcap,
+                                     alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
+                                     backend=backend)
     req, scale, window, softcap = _rq.varlen_request(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
         window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
@@ -64,7 +82,17 @@ def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q
     prefill, speculative decoding), so causal is lower-right aligned. ``max_seqlen_k`` bounds the
     keys per sequence (default: the block table's capacity). Returns ``out (T, Hq, Dv)`` and with
     ``return_lse=True`` the fp32 ``lse (Hq, T)``.
+
+    The caches may have any strides: an HND cache ``(num_blocks, Hkv, block_size, D)`` is passed
+    as ``cache.transpose(1, 2)``, and vLLM's per-layer ``(num_blocks, Hkv, block_size, 2*D)`` tensor
+    as its two halves ``kv[..., :D].transpose(1, 2)`` and ``kv[..., D:].transpose(1, 2)``. No
+    backend copies the cache; each backend's notes say how it reads it.
     """
+    if _is_compiling():
+        return _ops.paged_attention(q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q,
+                                    max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal,
+                                    scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                    sinks=sinks, return_lse=return_lse, out=out, backend=backend)
     req, scale, window, softcap = _rq.paged_request(
         q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,

@@ -199,8 +199,17 @@ def check_out_and_lse(out, expected_shape: tuple[int, ...], q: torch.Tensor) -> 
         raise ValueError(f"out: expected a tensor on {q.device}, got {out.device}")
 
 
-def _grad_needed(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+def grad_needed(q, k, v, sinks) -> bool:
+    """Whether autograd will need a backward for this call."""
+    return torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                        or (sinks is not None and sinks.requires_grad))
+
+
+def _grad_needed(q, k, v, sinks) -> bool:
+    try:
+        return grad_needed(q, k, v, sinks)
+    except AttributeError:  # not tensors: validation says which
+        return False
 
 
 def _make_request(op, q, d, dv, hq, hkv, *, causal, window, softcap, alibi_slopes, sinks,
@@ -217,11 +226,16 @@ def _make_request(op, q, d, dv, hq, hkv, *, causal, window, softcap, alibi_slope
     )
 
 
-def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+def dense_checks(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+    """Validate a dense call; returns (scale, window, softcap, (Hq, Hkv, D, Dv)) normalised.
+
+    Metadata only, so torch.compile traces it without a graph break.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         _require_tensor(name, t)
         _require_rank(name, t, 4, "(batch, seqlen, heads, head_dim)")
-    hq, hkv, d, dv = _check_qkv_common(q, k, v, q_head_axis=2, kv_head_axis=2)
+    dims = _check_qkv_common(q, k, v, q_head_axis=2, kv_head_axis=2)
+    hq, dv = dims[0], dims[3]
     b, sq, _, _ = q.shape
     if k.shape[0] != b or v.shape[0] != b:
         raise ValueError(f"k/v: expected batch {b} (same as q), got {k.shape[0]} and {v.shape[0]}")
@@ -231,10 +245,30 @@ def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sink
                                                alibi_slopes=alibi_slopes, sinks=sinks, q=q,
                                                num_heads=hq, batch=b)
     check_out_and_lse(out, (b, sq, hq, dv), q)
-    req = _make_request("attention", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+    return scale, window, softcap, dims
+
+
+def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out,
+                  grad=None):
+    """Validate a dense call and build its Request; returns (req, scale, window, softcap).
+
+    ``grad`` defaults to whether autograd will need a backward. Results are remembered per
+    metadata signature (:func:`_memoized`), so a steady-state call skips the checks.
+    """
+    if grad is None:
+        grad = _grad_needed(q, k, v, sinks)
+    key = _memo_key(("attention", q, k, v, alibi_slopes, sinks, out), causal, scale, window, softcap,
+                    return_lse, grad)
+    hit = _MEMO.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    scale_n, window_n, softcap_n, (hq, hkv, d, dv) = dense_checks(
+        q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, return_lse=return_lse, out=out)
+    req = _make_request("attention", q, d, dv, hq, hkv, causal=causal, window=window_n, softcap=softcap_n,
                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
-                        grad=_grad_needed(q, k, v, sinks), causal_offset=sq != k.shape[1])
-    return req, scale, window, softcap
+                        grad=grad, causal_offset=q.shape[1] != k.shape[1])
+    return _remember(key, (req, scale_n, window_n, softcap_n))
 
 
 def _check_cu_seqlens(name, cu, device, batch_plus_one=None):
@@ -266,12 +300,14 @@ def _debug_check_cu_seqlens(name, cu, total, max_seqlen):
                          f"{max_seqlen} you passed")
 
 
-def varlen_request(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
-                   window, softcap, alibi_slopes, sinks, return_lse, out):
+def varlen_checks(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
+                  window, softcap, alibi_slopes, sinks, return_lse, out):
+    """Validate a varlen call; returns (scale, window, softcap, (Hq, Hkv, D, Dv))."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         _require_tensor(name, t)
         _require_rank(name, t, 3, "(total_tokens, heads, head_dim)")
-    hq, hkv, d, dv = _check_qkv_common(q, k, v, q_head_axis=1, kv_head_axis=1)
+    dims = _check_qkv_common(q, k, v, q_head_axis=1, kv_head_axis=1)
+    hq, dv = dims[0], dims[3]
     if v.shape[0] != k.shape[0]:
         raise ValueError(f"v: expected {k.shape[0]} tokens (same as k), got {v.shape[0]}")
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device)
@@ -283,25 +319,48 @@ def varlen_request(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
                                                alibi_slopes=alibi_slopes, sinks=sinks, q=q,
                                                num_heads=hq, batch=batch)
     check_out_and_lse(out, (q.shape[0], hq, dv), q)
-    if debug_checks_enabled():
+    return scale, window, softcap, dims
+
+
+def varlen_request(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
+                   window, softcap, alibi_slopes, sinks, return_lse, out, grad=None):
+    if grad is None:
+        grad = _grad_needed(q, k, v, sinks)
+    debug = debug_checks_enabled()
+    key = None if debug else _memo_key(
+        ("varlen", q, k, v, alibi_slopes, sinks, out, cu_seqlens_q, cu_seqlens_k), causal, scale, window,
+        softcap, return_lse, grad, _int_or_none(max_seqlen_q), _int_or_none(max_seqlen_k))
+    hit = _MEMO.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    scale_n, window_n, softcap_n, (hq, hkv, d, dv) = varlen_checks(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
+        window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    if debug:
         _debug_check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
         _debug_check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
     # Per-sequence lengths differ, so lower-right alignment always matters for causal varlen.
-    req = _make_request("varlen", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+    req = _make_request("varlen", q, d, dv, hq, hkv, causal=causal, window=window_n, softcap=softcap_n,
                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
-                        grad=_grad_needed(q, k, v, sinks), causal_offset=True)
-    return req, scale, window, softcap
+                        grad=grad, causal_offset=True)
+    return _remember(key, (req, scale_n, window_n, softcap_n))
 
 
-def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q,
-                  max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+def paged_checks(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q,
+                 max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+    """Validate a paged call; returns (scale, window, softcap, (Hq, Hkv, D, Dv)).
+
+    k_cache/v_cache may have any strides (an HND cache is passed as its NHD-shaped view
+    ``cache.transpose(1, 2)``; vLLM's combined K|V tensor as its two slices): nothing is copied.
+    """
     _require_tensor("q", q)
     _require_rank("q", q, 3, "(total_tokens, heads, head_dim)")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         _require_tensor(name, t)
         _require_rank(name, t, 4, "(num_blocks, block_size, kv_heads, head_dim)")
-    hq, hkv, d, dv = _check_qkv_common(q, k_cache, v_cache, q_head_axis=1, kv_head_axis=2,
-                                       names=("k_cache", "v_cache"))
+    dims = _check_qkv_common(q, k_cache, v_cache, q_head_axis=1, kv_head_axis=2,
+                             names=("k_cache", "v_cache"))
+    hq, dv = dims[0], dims[3]
     if v_cache.shape[:2] != k_cache.shape[:2]:
         raise ValueError(f"v_cache: expected (num_blocks, block_size) = {tuple(k_cache.shape[:2])} "
                          f"(same as k_cache), got {tuple(v_cache.shape[:2])}")
@@ -318,30 +377,105 @@ def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, 
         _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, batch + 1)
     _check_max_seqlen("max_seqlen_q", max_seqlen_q)
     _check_max_seqlen("max_seqlen_k", max_seqlen_k, allow_none=True)
-    block_size = k_cache.shape[1]
-    if block_size <= 0:
-        raise ValueError(f"k_cache: expected a positive block size, got {block_size}")
+    if k_cache.shape[1] <= 0:
+        raise ValueError(f"k_cache: expected a positive block size, got {k_cache.shape[1]}")
     scale, window, softcap = normalize_options(scale=scale, window=window, softcap=softcap,
                                                alibi_slopes=alibi_slopes, sinks=sinks, q=q,
                                                num_heads=hq, batch=batch)
     check_out_and_lse(out, (q.shape[0], hq, dv), q)
-    if debug_checks_enabled():
-        if cu_seqlens_q is not None:
-            _debug_check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
-        bt = block_table.cpu()
-        used_blocks = (seqused_k.cpu().long() + block_size - 1) // block_size
-        if bool((used_blocks > block_table.shape[1]).any()):
-            raise ValueError("seqused_k: a sequence needs more blocks than block_table has columns")
-        for b in range(batch):
-            ids = bt[b, : int(used_blocks[b])]
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]):
-                raise ValueError(f"block_table: row {b} has block ids outside [0, {k_cache.shape[0]})")
-        if cu_seqlens_q is not None:
-            nq = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
-            if bool((nq > seqused_k.cpu()).any()):
-                raise ValueError("cu_seqlens_q: a sequence has more query tokens than seqused_k keys")
-    req = _make_request("paged", q, d, dv, hq, hkv, causal=causal, window=window, softcap=softcap,
+    return scale, window, softcap, dims
+
+
+def _debug_check_paged(q, k_cache, block_table, seqused_k, cu_seqlens_q, max_seqlen_q):
+    block_size = k_cache.shape[1]
+    batch = block_table.shape[0]
+    if cu_seqlens_q is not None:
+        _debug_check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+    bt = block_table.cpu()
+    used_blocks = (seqused_k.cpu().long() + block_size - 1) // block_size
+    if bool((used_blocks > block_table.shape[1]).any()):
+        raise ValueError("seqused_k: a sequence needs more blocks than block_table has columns")
+    for b in range(batch):
+        ids = bt[b, : int(used_blocks[b])]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k_cache.shape[0]):
+            raise ValueError(f"block_table: row {b} has block ids outside [0, {k_cache.shape[0]})")
+    if cu_seqlens_q is not None:
+        nq = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
+        if bool((nq > seqused_k.cpu()).any()):
+            raise ValueError("cu_seqlens_q: a sequence has more query tokens than seqused_k keys")
+
+
+def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q,
+                  max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out,
+                  grad=None):
+    if grad is None:
+        grad = _grad_needed(q, k_cache, v_cache, sinks)
+    debug = debug_checks_enabled()
+    key = None if debug else _memo_key(
+        ("paged", q, k_cache, v_cache, alibi_slopes, sinks, out, block_table, seqused_k, cu_seqlens_q),
+        causal, scale, window, softcap, return_lse, grad, _int_or_none(max_seqlen_q),
+        _int_or_none(max_seqlen_k))
+    hit = _MEMO.get(key) if key is not None else None
+    if hit is not None:
+        return hit
+    scale_n, window_n, softcap_n, (hq, hkv, d, dv) = paged_checks(
+        q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
+        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    if debug:
+        _debug_check_paged(q, k_cache, block_table, seqused_k, cu_seqlens_q, max_seqlen_q)
+    req = _make_request("paged", q, d, dv, hq, hkv, causal=causal, window=window_n, softcap=softcap_n,
                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
-                        grad=_grad_needed(q, k_cache, v_cache, sinks), causal_offset=True,
-                        block_size=block_size)
-    return req, scale, window, softcap
+                        grad=grad, causal_offset=True, block_size=k_cache.shape[1])
+    return _remember(key, (req, scale_n, window_n, softcap_n))
+
+
+# --------------------------------------------------------------------------------------------
+# Memoised validation. Every check above reads metadata only (types, shapes, dtypes, devices,
+# option values), so its outcome is a function of that metadata: a call whose metadata was seen
+# before skips the checks and gets the same (request, normalised options). Only plain Python
+# option types are memoised (True == 1 must not let a bool scale through); anything unusual
+# takes the full checks, which then explain what is wrong.
+# --------------------------------------------------------------------------------------------
+_MEMO: dict = {}
+_MEMO_LIMIT = 4096  # distinct signatures (varlen token counts change every call)
+_NoneType = type(None)
+_PLAIN_SCALARS = (float, int, _NoneType)
+
+
+def _tensor_meta(t):
+    return None if t is None else (t.shape, t.dtype, t.device, type(t))
+
+
+def _int_or_none(x):
+    return x if type(x) is int or x is None else _Unmemoisable
+
+
+class _Unmemoisable:  # a marker: the key builder gives up
+    pass
+
+
+def _memo_key(tensors, causal, scale, window, softcap, return_lse, grad, *extra):
+    """A hashable key of everything validation looks at, or None if the call is unusual."""
+    if (type(causal) is not bool or type(return_lse) is not bool or type(scale) not in _PLAIN_SCALARS
+            or type(softcap) not in _PLAIN_SCALARS or softcap is None or type(window) is not tuple
+            or len(window) != 2 or type(window[0]) is not int or type(window[1]) is not int
+            or _Unmemoisable in extra):
+        return None
+    try:
+        return (tuple(_tensor_meta(t) for t in tensors[1:]) + (tensors[0],) + extra
+                + (causal, scale, window, softcap, return_lse, grad))
+    except AttributeError:  # not a tensor: the checks will say so
+        return None
+
+
+def _remember(key, result):
+    if key is not None:
+        if len(_MEMO) >= _MEMO_LIMIT:
+            _MEMO.clear()
+        _MEMO[key] = result
+    return result
+
+
+def clear_memo() -> None:
+    _MEMO.clear()

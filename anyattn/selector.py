@@ -346,6 +346,33 @@ def current_preference(explicit) -> tuple[object, str]:
 def select(req: Request, explicit=None):
     """The backend instance for this call; the hot path is one dict lookup."""
     raw, source = current_preference(explicit)
+    return select_preference(req, raw, source)
+
+
+def _assume_constant(fn):
+    # torch.compile evaluates fn once while tracing and bakes the answer into the graph (Dynamo
+    # cannot trace ContextVar.get itself); eager calls are unaffected. This is exactly what
+    # torch.compiler.assume_constant_result does, without importing torch._dynamo (2 s) at
+    # `import anyattn`; tests/test_custom_ops.py checks that Dynamo still honours it.
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant
+def preference_string(explicit) -> str:
+    """The preference in force for a call (argument, use_backend(), env), as one string: ""
+    for automatic, else comma-separated names. The custom ops carry it as a plain argument, so
+    a compiled graph and its backward see the preference of the call that traced them."""
+    raw, _ = current_preference(explicit)
+    if raw is None:
+        return ""
+    return raw if isinstance(raw, str) else ",".join(raw)
+
+
+def select_preference(req: Request, raw, source: str = "automatic"):
+    """``select`` for an already-resolved preference (None or "" = automatic)."""
+    if raw == "":
+        raw, source = None, "automatic"
     key = (req, raw if not isinstance(raw, list) else tuple(raw))
     hit = _cache.get(key)
     if hit is not None:

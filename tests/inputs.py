@@ -63,3 +63,26 @@ def paged(seqused, nq=None, block_size=16, hq=4, hkv=2, d=40, dv=None, dtype=tor
 def rel_err(out, ref):
     out, ref = out.double().cpu(), ref.double().cpu()
     return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+
+
+KV_LAYOUTS = ("nhd", "hnd", "vllm_kv")
+
+
+def relayout(k_cache, v_cache, layout):
+    """The same cache values as views in an engine's memory layout (nothing the op may copy).
+
+    nhd: (num_blocks, block_size, Hkv, D) contiguous, flash-attn / vLLM's FlashAttention layout.
+    hnd: FlashInfer's (num_blocks, Hkv, block_size, D), passed as its NHD-shaped transpose.
+    vllm_kv: one (num_blocks, Hkv, block_size, D + Dv) tensor per layer holding K and V side by
+             side, split into two strided views (token stride != Hkv * D).
+    """
+    if layout == "nhd":
+        return k_cache, v_cache
+    if layout == "hnd":
+        return (k_cache.transpose(1, 2).contiguous().transpose(1, 2),
+                v_cache.transpose(1, 2).contiguous().transpose(1, 2))
+    if layout == "vllm_kv":
+        d = k_cache.shape[-1]
+        both = torch.cat([k_cache, v_cache], dim=-1).transpose(1, 2).contiguous()  # (nb, H, bs, D+Dv)
+        return both[..., :d].transpose(1, 2), both[..., d:].transpose(1, 2)
+    raise ValueError(f"layout: expected one of {KV_LAYOUTS}, got {layout!r}")

@@ -92,3 +92,35 @@ def paged(q, k_cache, v_cache, block_table, seqused_k, cu_q=None, slopes=None, *
         out[cq[b]:cq[b + 1]] = o
         lse[:, cq[b]:cq[b + 1]] = l
     return out, lse
+
+
+def dense_autograd(q, k, v, *, causal=False, window=(-1, -1), sinks=None, scale=None):
+    """Dense attention as differentiable float64 tensor algebra (for gradient checks).
+
+    Written independently of anyattn's backends: an explicit (Sq, Sk) visibility matrix with
+    lower-right causal alignment, a sink column in the softmax, and rows that see nothing give 0.
+    Returns (out (B, Sq, Hq, Dv), lse (B, Hq, Sq)).
+    """
+    q, k, v = q.double(), k.double(), v.double()
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    kk = k.repeat_interleave(hq // hkv, dim=2)
+    vv = v.repeat_interleave(hq // hkv, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q, kk) * scale
+    i = torch.arange(sq).view(-1, 1) + (sk - sq)
+    j = torch.arange(sk).view(1, -1)
+    seen = torch.ones(sq, sk, dtype=torch.bool)
+    if causal:
+        seen &= j <= i
+    if window[0] >= 0:
+        seen &= j >= i - window[0]
+    if window[1] >= 0:
+        seen &= j <= i + window[1]
+    s = s.masked_fill(~seen, float("-inf"))
+    if sinks is not None:
+        s = torch.cat([s, sinks.double().view(1, hq, 1, 1).expand(b, hq, sq, 1)], dim=-1)
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse).unsqueeze(-1))
+    p = p[..., :sk]
+    return torch.einsum("bhqk,bkhd->bqhd", p, vv), lse

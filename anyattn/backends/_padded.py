@@ -99,10 +99,12 @@ def from_paged(q, k_cache, v_cache, block_table, seqused_k, cu_q, max_q: int, ma
         cu_q = torch.arange(batch + 1, device=q.device, dtype=torch.int32)
         max_q = 1
     j = torch.arange(max_k, device=q.device)
-    blocks = block_table.long()[:, j // bs]  # (B, max_k)
-    flat = blocks * bs + (j % bs).view(1, -1)
-    k = k_cache.reshape(-1, *k_cache.shape[2:])[flat.clamp(0, k_cache.shape[0] * bs - 1)]
-    v = v_cache.reshape(-1, *v_cache.shape[2:])[flat.clamp(0, v_cache.shape[0] * bs - 1)]
+    # Index (block, row) pairs directly: a cache with any strides (an HND view, vLLM's K|V halves)
+    # is read in place, where flattening it first would copy the whole cache.
+    blocks = block_table.long()[:, j // bs].clamp(0, k_cache.shape[0] - 1)  # (B, max_k)
+    rows = (j % bs).view(1, -1)
+    k = k_cache[blocks, rows]
+    v = v_cache[blocks, rows]
     qi, q_lens = _positions(cu_q, max(max_q, 1))
     tb, tp = token_coordinates(cu_q, q.shape[0])
     return Padded(_gather_packed(q, qi), k, v, q_lens, seqused_k.long(), tb, tp)

@@ -212,8 +212,58 @@ class Backend:
               max_seqlen_k, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
         raise NotImplementedError
 
+    # -- backward under the custom ops (torch.compile) -------------------------------------
+    # In eager mode a backend that declares "grad" returns autograd-connected outputs and
+    # autograd runs its own backward. Inside anyattn's custom ops (what torch.compile sees) the
+    # forward runs without autograd, and these methods compute the gradients. The default
+    # recomputes the forward with autograd on and differentiates it: right for every backend
+    # whose forward is differentiable, at the cost of one extra forward. A backend with a real
+    # backward kernel sets ``backward_from_saved`` and overrides them to use (out, lse).
+    #: the custom op's forward asks this backend for lse and saves it with out for backward
+    backward_from_saved: bool = False
+
+    def attention_backward(self, grad_out, grad_lse, q, k, v, out, lse, *, causal, scale, window,
+                           softcap, alibi_slopes, sinks):
+        """(dq, dk, dv, dsinks or None) for :meth:`attention`; ``grad_lse`` may be None."""
+        return recompute_grads(lambda q_, k_, v_, s_: self.attention(
+            q_, k_, v_, causal=causal, scale=scale, window=window, softcap=softcap,
+            alibi_slopes=alibi_slopes, sinks=s_, return_lse=grad_lse is not None, out=None),
+            q, k, v, sinks, grad_out, grad_lse)
+
+    def varlen_backward(self, grad_out, grad_lse, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, out, lse, *, causal, scale, window, softcap, alibi_slopes, sinks):
+        return recompute_grads(lambda q_, k_, v_, s_: self.varlen(
+            q_, k_, v_, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
+            window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=s_,
+            return_lse=grad_lse is not None, out=None), q, k, v, sinks, grad_out, grad_lse)
+
+    def paged_backward(self, grad_out, grad_lse, q, k_cache, v_cache, block_table, seqused_k, *,
+                       cu_seqlens_q, max_seqlen_q, max_seqlen_k, out, lse, causal, scale, window, softcap,
+                       alibi_slopes, sinks):
+        return recompute_grads(lambda q_, k_, v_, s_: self.paged(
+            q_, k_, v_, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
+            alibi_slopes=alibi_slopes, sinks=s_, return_lse=grad_lse is not None, out=None),
+            q, k_cache, v_cache, sinks, grad_out, grad_lse)
+
     def __repr__(self) -> str:
         return f"<anyattn backend {self.name}>"
+
+
+def recompute_grads(forward, q, k, v, sinks, grad_out, grad_lse):
+    """Gradients of ``forward(q, k, v, sinks) -> (out, lse)`` by running it again under autograd."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        sink_leaf = None if sinks is None else sinks.detach().requires_grad_()
+        o, lse = forward(*leaves, sink_leaf)
+        outputs, grads = [o], [grad_out]
+        if grad_lse is not None and lse is not None:
+            outputs.append(lse)
+            grads.append(grad_lse)
+        wrt = leaves + ([sink_leaf] if sink_leaf is not None else [])
+        got = torch.autograd.grad(outputs, wrt, grads, allow_unused=True)
+    got = [torch.zeros_like(x) if g is None else g for g, x in zip(got, wrt)]
+    return got[0], got[1], got[2], (got[3] if sinks is not None else None)
 
 
 def caps(**kw) -> Capabilities:

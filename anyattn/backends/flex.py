@@ -77,6 +77,9 @@ class FlexBackend(Backend):
         if need and _torch_version() < need:
             return [f"FlexAttention on {req.device_type} needs torch >= {need[0]}.{need[1]}, "
                     f"this is {torch.__version__}"]
+        if req.grad and req.device_type == "cpu":
+            # torch raises "FlexAttention does not support backward on CPU" (seen with 2.13).
+            return [f"no backward on CPU (torch {torch.__version__}'s FlexAttention is inference-only there)"]
         return []
 
     def notes(self, req: Request) -> list[str]:

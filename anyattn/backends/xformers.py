@@ -122,6 +122,10 @@ class XFormersBackend(V.VendorBackend):
                        "sequence lengths (not CUDA-graph safe)")
         if req.gqa_ratio > 1:
             out.append("GQA through the 5-D BMGHK layout (K/V expanded with stride 0, no copy)")
+        if req.op == "paged":
+            out.append("reads the cache as one (1, blocks*block_size, Hkv, D) tensor: NHD caches with "
+                       "contiguous blocks in place; other layouts (HND views, vLLM's K|V halves) are "
+                       "copied on every call")
         if req.sinks:
             out.append("sinks folded in from the kernel's lse")
         if req.out:
@@ -196,8 +200,10 @@ class XFormersBackend(V.VendorBackend):
         bias = base.from_seqlens(q_seqlen=lq, kv_padding=max_blocks * page, kv_seqlen=lk, device=q.device) \
             .make_paged(block_tables=block_table, page_size=page, paged_type=paged_type)
         hq, hkv = q.shape[1], k_cache.shape[2]
-        kf = k_cache.view(1, -1, hkv, k_cache.shape[-1])
-        vf = v_cache.view(1, -1, hkv, v_cache.shape[-1])
+        # xFormers' paged bias indexes one flat token axis; reshape views when the (block, row)
+        # axes flatten and copies otherwise (the notes say so).
+        kf = k_cache.reshape(1, -1, hkv, k_cache.shape[-1])
+        vf = v_cache.reshape(1, -1, hkv, v_cache.shape[-1])
         q5, k5, v5 = to_bmghk(q.unsqueeze(0), kf, vf)
         o, lse = self._run(q5, k5, v5, bias, scale, True, False)
         o = o.reshape(q.shape[0], hq, v_cache.shape[-1])

@@ -291,3 +291,30 @@ def test_host_descriptors_mask_next_sequence(causal, varlen, monkeypatch):
         out = torch.full((B, S, Hq, D), float("nan"), dtype=torch.float16)
         P.flash_attention_forward(q, k, v, out, scale=D ** -0.5, causal=causal, config=cfg)
     assert _rel(out[:B - 1], ro[:B - 1]) < TOL[torch.float16]
+
+
+@pytest.mark.parametrize("layout", ["hnd", "vllm_kv"])
+@pytest.mark.parametrize("decode", [True, False], ids=["decode", "chunked"])
+def test_paged_strided_caches(layout, decode):
+    """HND caches and vLLM's combined K|V tensor are read in place through their strides."""
+    from tests.inputs import relayout
+
+    gen = torch.Generator().manual_seed(11)
+    lens, page, Hq, Hkv, D = [37, 5, 20], 16, 8, 2, 32
+    nblk = 12
+    k_cache = torch.randn(nblk, page, Hkv, D, generator=gen).to(torch.float16)
+    v_cache = torch.randn(nblk, page, Hkv, D, generator=gen).to(torch.float16)
+    block_table = torch.randperm(nblk, generator=gen)[:9].view(3, 3).to(torch.int32)
+    kl, vl = relayout(k_cache, v_cache, layout)
+    assert not kl.is_contiguous()
+    seqused = torch.tensor(lens, dtype=torch.int32)
+    qlens = None if decode else [3, 1, 4]
+    cu = None if decode else torch.tensor([0] + qlens).cumsum(0).to(torch.int32)
+    T = 3 if decode else sum(qlens)
+    q = torch.randn(T, Hq, D, generator=gen).to(torch.float16)
+    out = torch.full((T, Hq, D), float("nan"), dtype=torch.float16)
+    G.paged_attention_forward(q, kl, vl, block_table, seqused, out, None, cu_seqlens_q=cu,
+                              max_seqlen_q=1 if decode else max(qlens), max_seqlen_k=max(lens),
+                              scale=D ** -0.5, causal=True)
+    ro, _ = ref_paged(q, k_cache, v_cache, block_table, seqused, cu, scale=D ** -0.5, causal=True)
+    assert _rel(out, ro) < TOL[torch.float16]

@@ -147,13 +147,19 @@ class _RawTensordescLaunch:
         for j, i in enumerate(self.idx):
             out.extend(args[prev:i])
             d = args[i]
-            key = (d.base.data_ptr(), tuple(d.shape), tuple(d.strides), d.padding, j)
-            e = cache.get(key)
-            if e is None:
-                if len(cache) > 256:
-                    cache.clear()
-                e = cache[key] = self.make(d, self.meta[j])
-            out.extend(e)
+            meta = self.meta[j]
+            if meta is None:
+                # not lowered to a CUtensorMap: the expansion holds the tensor itself, which a
+                # cache must not keep alive
+                out.extend(self.make(d, meta))
+            else:
+                key = (d.base.data_ptr(), tuple(d.shape), tuple(d.strides), d.padding, j)
+                e = cache.get(key)
+                if e is None:
+                    if len(cache) > 256:
+                        cache.clear()
+                    e = cache[key] = self.make(d, meta)
+                out.extend(e)
             prev = i + 1
         out.extend(args[prev:])
         return out
@@ -228,26 +234,36 @@ class LaunchCache:
         if not needed:
             self.reason = "triton's launch API differs from the verified one"
             return False
+        comp = getattr(knobs, "compilation", None)
+        if comp is None or not hasattr(comp, "instrumentation_mode") or \
+                not hasattr(rt, "debug") or not hasattr(rt.launch_enter_hook, "calls"):
+            self.reason = "triton's knobs differ from the verified ones"
+            return False
         self._knobs_rt = rt
-        self._knobs_comp = getattr(knobs, "compilation", None)
+        self._knobs_comp = comp
+        self._has_fpsan = hasattr(type(comp), "fpsan_homomorphic_casts") or \
+            hasattr(comp, "fpsan_homomorphic_casts")
         self._hook_chain = type(rt.launch_enter_hook)
         self._driver = triton.runtime.driver
         return True
 
     def _knob_state(self):
         # the parts of JITFunction.run's options that come from knobs rather than arguments
-        c = self._knobs_comp
-        return (self._knobs_rt.debug, getattr(c, "instrumentation_mode", None),
-                getattr(c, "fpsan_homomorphic_casts", None))
+        # (3.6: debug, instrumentation_mode; 3.9 adds fpsan_homomorphic_casts, an env read)
+        rt, c = self._knobs_rt, self._knobs_comp
+        if self._has_fpsan:
+            return (rt.debug, c.instrumentation_mode, c.fpsan_homomorphic_casts)
+        return (rt.debug, c.instrumentation_mode)
 
     def _hooks_idle(self) -> bool:
         rt = self._knobs_rt
-        for h in (rt.launch_enter_hook, rt.launch_exit_hook):
-            if h is None:
-                continue
-            if type(h) is not self._hook_chain or getattr(h, "calls", True):
-                return False
-        return True
+        e, x = rt.launch_enter_hook, rt.launch_exit_hook
+        chain = self._hook_chain
+        # empty hook chains (the default) do nothing: passing None instead is the same launch
+        # a stages-inspection hook (3.9) adds its own entry to Triton's cache key per call
+        return (e is None or (type(e) is chain and not e.calls)) and \
+            (x is None or (type(x) is chain and not x.calls)) and \
+            getattr(rt, "add_stages_inspection_hook", None) is None
 
     def _globals_unchanged(self) -> bool:
         missing = object()

@@ -47,8 +47,12 @@ def _env_flag(name: str, default: bool) -> bool:
 
 
 def triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the triton that is imported (its ``__version__``; the distribution's
+    metadata where the module has none)."""
     try:
-        v = importlib.metadata.version("triton")
+        import triton
+
+        v = getattr(triton, "__version__", None) or importlib.metadata.version("triton")
         major, minor = v.split("+")[0].split(".")[:2]
         return int(major), int(minor)
     except Exception:  # noqa: BLE001 - unknown version: no fast path

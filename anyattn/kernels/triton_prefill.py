@@ -48,6 +48,11 @@ from ._common import (
 )
 from ._launch import LaunchCache
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4: no host descriptors
+    TensorDescriptor = None
+
 
 @triton.jit
 def _tanh(x):
@@ -481,11 +486,7 @@ def _host_descriptors(k, v, varlen, sk, sv, cfg, want):
     next head's columns. The kernel offsets rows by the sequence start and columns by the kv
     head; its masked loops zero V rows past the sequence end.
     """
-    if not want:
-        return None, None
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:  # Triton < 3.4
+    if not want or TensorDescriptor is None:  # None: Triton < 3.4
         return None, None
     D, Dv = k.shape[-1], v.shape[-1]
     if D != max(16, next_pow2(D)) or Dv != max(16, next_pow2(Dv)):

@@ -148,6 +148,14 @@ def bench_dense(rows, device):
         pinned_rows()
     chosen = anyattn.explain(q, k, v).chosen
     base = "F.sdpa direct, pinned to cuDNN" if chosen == "sdpa_cudnn" else None
+    kernels = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
+               "sdpa_math": "MATH"}
+    if device.type == "cuda" and chosen in kernels:  # the SDPA kernel the adapter pins
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        base = f"F.sdpa direct, pinned to {chosen}"
+        with sdpa_kernel(getattr(SDPBackend, kernels[chosen])):
+            rows.add(group, base, lambda: F.scaled_dot_product_attention(qt, kt, vt))
     rows.add(group, f"anyattn.attention automatic (-> {chosen})", lambda: anyattn.attention(q, k, v),
              base=base)
 

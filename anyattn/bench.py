@@ -29,7 +29,8 @@ BASELINES = ("sdpa_cudnn", "sdpa_flash", "flex", "flash_attn_3", "flash_attn", "
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="prefill TFLOP/s and decode GB/s per backend (GPU)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("prefill", "decode"), default=None)
+    p.add_argument("--only", choices=("prefill", "decode", "overhead"), default=None,
+                   help="overhead: host µs per call and eager vs CUDA-graph decode (bench_overhead)")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to compare (default: triton + baselines)")
     p.add_argument("--seqlens", default=None, help="prefill seqlens, e.g. 4096,16384")
@@ -269,6 +270,11 @@ def _table(rows, copy_gbs, names):
 
 def main(args) -> int:
     import torch
+
+    if getattr(args, "only", None) == "overhead":  # its own section and options
+        from .bench_overhead import main as overhead
+
+        return overhead(["--device", args.device] + (["--json", args.json] if args.json else []))
 
     if not torch.cuda.is_available():
         print("anyattn bench: needs a CUDA GPU (none visible)", file=sys.stderr)

@@ -16,7 +16,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -m anyattn which --dtype bf16 --head-dim 128 --causal 2>&1 | tee $OUT/which.txt
 timeout 120 python3 -m anyattn doctor 2>&1 | tee $OUT/doctor.txt; echo "doctor exit: $?"
 timeout 120 python3 -m anyattn doctor --json --save-facts $OUT/device_facts.json > $OUT/doctor.json
-python3 benchmarks/dispatch_overhead.py 2>&1 | tee $OUT/overhead.txt
+timeout 120 python3 -m anyattn bench --only overhead --json $OUT/overhead.json 2>&1 | tee $OUT/overhead.txt
 timeout 260 python3 -m pytest -m gpu tests -q -n 8 -p no:cacheprovider -rs > $OUT/pytest_gpu.log 2>&1
 grep -v "^SKIPPED" $OUT/pytest_gpu.log | tail -15
 timeout 240 python3 -m anyattn bench --json $OUT/bench.json > $OUT/bench.log 2>&1; echo "bench exit: $?"

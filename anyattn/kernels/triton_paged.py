@@ -15,13 +15,14 @@ max_seqlen_k, SM count), never of device data: CUDA-graph safe, no autotuning.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
     capability,
-    device_guard,
     cdiv,
     dot_precision,
     interpret_mode,
@@ -30,6 +31,7 @@ from ._common import (
     num_sms,
     window_bounds,
 )
+from ._launch import LaunchCache
 
 
 @triton.jit
@@ -316,6 +318,22 @@ def paged_config(*, batch, hkv, group, max_seqlen_q, max_seqlen_k, head_dim, hea
     return cfg
 
 
+_PAGED = LaunchCache(_paged_kernel, pointers=("Q", "KC", "VC", "BT", "SEQUSED", "CU_Q", "O", "LSE",
+                                            "OP", "LP", "SLOPES", "SINK_PTR"),
+                     floats=("qk_scale", "cap2"))
+_COMBINE = LaunchCache(_combine_kernel, pointers=("OP", "LP", "O", "LSE", "SINK_PTR"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_config(batch, hkv, group, max_seqlen_q, max_seqlen_k, head_dim, head_dim_v, dtype,
+                   device, page, num_splits, interp):
+    # paged_config is pure in these arguments (interp: TRITON_INTERPRET, which it reads; the
+    # SM count is fixed per device)
+    return paged_config(batch=batch, hkv=hkv, group=group, max_seqlen_q=max_seqlen_q,
+                        max_seqlen_k=max_seqlen_k, head_dim=head_dim, head_dim_v=head_dim_v,
+                        dtype=dtype, device=device, page=page, num_splits=num_splits)
+
+
 def paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, lse=None, *,
                             cu_seqlens_q=None, max_seqlen_q=1, max_seqlen_k=None, scale,
                             causal=False, window=None, softcap=None, alibi_slopes=None,
@@ -327,22 +345,29 @@ def paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, ls
     one token per sequence (decode). Query tokens are the last tokens of their
     sequence (bottom-right aligned causal mask).
     """
-    with device_guard(q):
-        return _paged_attention_forward(**locals())
+    dev = q.device
+    if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out,
+                                            lse, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale,
+                                            causal, window, softcap, alibi_slopes, sinks, config,
+                                            num_splits)
+    return _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, lse,
+                                    cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, causal,
+                                    window, softcap, alibi_slopes, sinks, config, num_splits)
 
 
-def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, lse=None, *,
-                             cu_seqlens_q=None, max_seqlen_q=1, max_seqlen_k=None, scale,
-                             causal=False, window=None, softcap=None, alibi_slopes=None,
-                             sinks=None, config=None, num_splits=None):
+def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, lse, cu_seqlens_q,
+                             max_seqlen_q, max_seqlen_k, scale, causal, window, softcap,
+                             alibi_slopes, sinks, config, num_splits):
     """Body of the public function (runs with q's device current)."""
-    B = block_table.shape[0]
+    B, nbt = block_table.shape
     T, Hq, D = q.shape
-    Hkv, Dv = k_cache.shape[2], v_cache.shape[3]
-    page = k_cache.shape[1]
+    _, page, Hkv, _ = k_cache.shape
+    Dv = v_cache.shape[3]
     if B == 0 or T == 0:
         return out
-    if block_table.shape[1] == 0:  # no key can exist
+    if nbt == 0:  # no key can exist
         out.zero_()
         if lse is not None:
             lse.fill_(float("-inf") if sinks is None else 0.0)
@@ -353,11 +378,15 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
     if decode:
         max_seqlen_q = 1
     if max_seqlen_k is None:
-        max_seqlen_k = block_table.shape[1] * page
+        max_seqlen_k = nbt * page
     group = Hq // Hkv
-    cfg = paged_config(batch=B, hkv=Hkv, group=group, max_seqlen_q=max_seqlen_q,
-                       max_seqlen_k=max_seqlen_k, head_dim=D, head_dim_v=Dv, dtype=q.dtype,
-                       device=q.device, page=page, num_splits=num_splits, config=config)
+    if config:
+        cfg = paged_config(batch=B, hkv=Hkv, group=group, max_seqlen_q=max_seqlen_q,
+                           max_seqlen_k=max_seqlen_k, head_dim=D, head_dim_v=Dv, dtype=q.dtype,
+                           device=q.device, page=page, num_splits=num_splits, config=config)
+    else:
+        cfg = _cached_config(B, Hkv, group, int(max_seqlen_q), int(max_seqlen_k), D, Dv, q.dtype,
+                             q.device, page, num_splits, interpret_mode())
     S = cfg["num_splits"]
     has_left, has_right, left, right = window_bounds(causal, window)
     qk_scale, cap2, has_cap = logit_constants(scale, softcap)
@@ -366,42 +395,42 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
             else (0, alibi_slopes.stride(0))
     else:
         sa = (0, 0)
+    dev = q.device
     if S > 1:
-        op = torch.empty((S, T, Hq, Dv), device=q.device, dtype=torch.float32)
-        lp = torch.empty((S, T, Hq), device=q.device, dtype=torch.float32)
-        sop = (op.stride(0), op.stride(1), op.stride(2))
-        slp = (lp.stride(0), lp.stride(1))
+        op = torch.empty((S, T, Hq, Dv), device=dev, dtype=torch.float32)
+        lp = torch.empty((S, T, Hq), device=dev, dtype=torch.float32)
+        # contiguous by construction: strides without asking the tensors
+        sop = (T * Hq * Dv, Hq * Dv, Dv)
+        slp = (T * Hq, Hq)
     else:
         op = lp = out
         sop, slp = (0, 0, 0), (0, 0)
-    sl = (lse.stride(0), lse.stride(1)) if lse is not None else (0, 0)
+    sl = lse.stride() if lse is not None else (0, 0)
     dummy = out
-    grid = (S, B * Hkv, cfg["m_blocks"])
-    _paged_kernel[grid](
+    lse_arg = lse if lse is not None else dummy
+    sinks_arg = sinks if sinks is not None else dummy
+    index = dev.index if dev.type == "cuda" else -1
+    BDV = max(16, next_pow2(Dv))
+    so = out.stride()
+    # every parameter of _paged_kernel, positionally (the order of its signature)
+    args = (
         q, k_cache, v_cache, block_table, seqused_k,
         cu_seqlens_q if cu_seqlens_q is not None else seqused_k,
-        out, lse if lse is not None else dummy, op, lp,
-        alibi_slopes if alibi_slopes is not None else dummy,
-        sinks if sinks is not None else dummy,
+        out, lse_arg, op, lp,
+        alibi_slopes if alibi_slopes is not None else dummy, sinks_arg,
         *q.stride(), *k_cache.stride(), *v_cache.stride(),
-        *block_table.stride(), *out.stride(), *sl, *sop, *slp, *sa,
+        *block_table.stride(), *so, *sl, *sop, *slp, *sa,
         qk_scale, cap2, left, right,
-        HKV=Hkv, GROUP=group, D=D, DV=Dv, PAGE=page,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=max(16, next_pow2(D)), BLOCK_DV=max(16, next_pow2(Dv)),
-        NUM_SPLITS=S, DECODE=decode, HAS_LEFT=has_left, HAS_RIGHT=has_right,
-        SOFTCAP=has_cap, ALIBI=alibi_slopes is not None,
-        SINKS=(sinks is not None) and S == 1, STORE_LSE=lse is not None,
-        PREC=dot_precision(q.dtype), PREFETCH=bool(cfg.get("PREFETCH", True)),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        Hkv, group, D, Dv, page, cfg["BLOCK_M"], cfg["BLOCK_N"], max(16, next_pow2(D)), BDV,
+        S, decode, has_left, has_right, has_cap, alibi_slopes is not None,
+        (sinks is not None) and S == 1, lse is not None, dot_precision(q.dtype),
+        bool(cfg.get("PREFETCH", True)),
     )
+    _PAGED.launch((S, B * Hkv, cfg["m_blocks"]), args,
+                  (("num_warps", cfg["num_warps"]), ("num_stages", cfg["num_stages"])), index)
     if S > 1:
-        bs, bdv = max(2, next_pow2(S)), max(16, next_pow2(Dv))
-        _combine_kernel[(T, Hq)](
-            op, lp, out, lse if lse is not None else dummy,
-            sinks if sinks is not None else dummy,
-            *sop, *slp, *out.stride(), *sl,
-            DV=Dv, NUM_SPLITS=S, BLOCK_S=bs, BLOCK_DV=bdv, SINKS=sinks is not None,
-            STORE_LSE=lse is not None, num_warps=4 if bs * bdv <= 8192 else 8,
-        )
+        bs = max(2, next_pow2(S))
+        args = (op, lp, out, lse_arg, sinks_arg, *sop, *slp, *so, *sl,
+                Dv, S, bs, BDV, sinks is not None, lse is not None)
+        _COMBINE.launch((T, Hq, 1), args, (("num_warps", 4 if bs * BDV <= 8192 else 8),), index)
     return out

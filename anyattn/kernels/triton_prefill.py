@@ -31,13 +31,14 @@ D and Dv powers of two); otherwise on the device per program.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
     capability,
-    device_guard,
     cdiv,
     dot_precision,
     interpret_mode,
@@ -45,6 +46,12 @@ from ._common import (
     next_pow2,
     window_bounds,
 )
+from ._launch import LaunchCache
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4: no host descriptors
+    TensorDescriptor = None
 
 
 @triton.jit
@@ -446,18 +453,29 @@ def _ensure_allocator():
 
 def _tma_ok(q, k, v) -> bool:
     """TMA descriptors need unit last stride and 16-byte aligned rows / bases."""
-    if q.device.type != "cuda" or interpret_mode() or capability(q.device)[0] < 9:
+    if q.device.type != "cuda" or q.dtype not in _TMA_DTYPES:
         return False
-    if not (hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
-        return False  # Triton < 3.4
-    if q.dtype not in (torch.float16, torch.bfloat16):
+    if not _tma_arch(q.device.index, interpret_mode()):
+        return False
+    if (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
         return False
     for t in (q, k, v):
-        if t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any(st % 8 for st in t.stride()[:-1]):
+        st = t.stride()
+        # rank 3 or 4: st[0], st[1], st[-2] are all the non-last strides; OR keeps low bits
+        if st[-1] != 1 or (st[0] | st[1] | st[-2]) & 7:
             return False
     return True
+
+
+_TMA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_arch(index, interp) -> bool:
+    if interp or capability(torch.device("cuda", index))[0] < 9:
+        return False
+    # Triton < 3.4 has no tensor descriptors
+    return hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 
 
 def _host_descriptors(k, v, varlen, sk, sv, cfg, want):
@@ -468,11 +486,7 @@ def _host_descriptors(k, v, varlen, sk, sv, cfg, want):
     next head's columns. The kernel offsets rows by the sequence start and columns by the kv
     head; its masked loops zero V rows past the sequence end.
     """
-    if not want:
-        return None, None
-    try:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-    except ImportError:  # Triton < 3.4
+    if not want or TensorDescriptor is None:  # None: Triton < 3.4
         return None, None
     D, Dv = k.shape[-1], v.shape[-1]
     if D != max(16, next_pow2(D)) or Dv != max(16, next_pow2(Dv)):
@@ -491,9 +505,55 @@ def _host_descriptors(k, v, varlen, sk, sv, cfg, want):
     if sk[2] < D or sv[2] < Dv or sk[1] < (hkv - 1) * sk[2] + D or sv[1] < (hkv - 1) * sv[2] + Dv:
         return None, None
     bn = cfg["BLOCK_N"]
-    kd = TensorDescriptor(k, [rows, (hkv - 1) * sk[2] + D], [sk[1], 1], [bn, D])
-    vd = TensorDescriptor(v, [rows, (hkv - 1) * sv[2] + Dv], [sv[1], 1], [bn, Dv])
+    kshape = [rows, (hkv - 1) * sk[2] + D]
+    vshape = [rows, (hkv - 1) * sv[2] + Dv]
+    # A validated prototype per (columns, row stride, box, dtype); later calls clone it with
+    # the new base and row count. TensorDescriptor.__post_init__ only asserts (base 16-byte
+    # aligned -- _tma_ok checked it --, strides and box -- the prototype's --, shape > 0 --
+    # rows > 0 above), so a clone is exactly what the constructor would build, at a fraction
+    # of its cost.
+    pk = (kshape[1], sk[1], bn, D, k.dtype)
+    pv = (vshape[1], sv[1], bn, Dv, v.dtype)
+    kd = _desc_like(TensorDescriptor, pk, k, kshape, [sk[1], 1], [bn, D])
+    vd = _desc_like(TensorDescriptor, pv, v, vshape, [sv[1], 1], [bn, Dv])
     return kd, vd
+
+
+_DESC_PROTOS: dict = {}
+
+
+def _desc_like(cls, key, base, shape, strides, block):
+    proto = _DESC_PROTOS.get(key)
+    if proto is None or type(proto) is not cls:
+        d = cls(base, shape, strides, block)
+        if hasattr(d, "__dict__") and not hasattr(cls, "__slots__"):
+            if len(_DESC_PROTOS) > 64:
+                _DESC_PROTOS.clear()
+            # the prototype must not keep its tensor alive
+            _DESC_PROTOS[key] = p = cls.__new__(cls)
+            p.__dict__.update(d.__dict__)
+            p.base = None
+        return d
+    d = cls.__new__(cls)
+    d.__dict__.update(proto.__dict__)
+    d.base = base
+    d.shape = shape
+    return d
+
+
+_FWD = LaunchCache(_fwd_kernel, pointers=("Q", "K", "V", "O", "LSE", "SLOPES", "SINK_PTR", "CU_Q",
+                                          "CU_K"),
+                   floats=("qk_scale", "cap2"),
+                   # KD/VD are K/V themselves (HOSTDESC=False) or host descriptors over them,
+                   # which Triton specialises on K/V's dtype and the box [BLOCK_N, D or DV] --
+                   # all in the key already
+                   derived=("KD", "VD"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_config(D, Dv, dtype, masked, device, tma, sk, interp):
+    # prefill_config is pure in these arguments (interp: TRITON_INTERPRET, which it reads)
+    return prefill_config(D, Dv, dtype, masked, device, tma=tma, max_seqlen_k=sk)
 
 
 def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, window=None,
@@ -507,45 +567,58 @@ def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, wind
             cu_seqlens_q/k int32 (B+1,), max_seqlen_q/k host ints.
     Any strides. Inputs are assumed validated by the caller.
     """
-    with device_guard(q):
-        return _flash_attention_forward(**locals())
+    dev = q.device
+    if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap,
+                                            alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
+                                            max_seqlen_q, max_seqlen_k, config)
+    return _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap,
+                                    alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
+                                    max_seqlen_q, max_seqlen_k, config)
 
 
-def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, window=None,
-                             softcap=None, alibi_slopes=None, sinks=None,
-                             cu_seqlens_q=None, cu_seqlens_k=None,
-                             max_seqlen_q=None, max_seqlen_k=None, config=None):
+def _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes,
+                             sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                             config):
     """Body of the public function (runs with q's device current)."""
     varlen = cu_seqlens_q is not None
     if varlen:
         B = cu_seqlens_q.shape[0] - 1
-        Hq, D = q.shape[1], q.shape[2]
-        Hkv, Dv = k.shape[1], v.shape[2]
-        sq = (0, q.stride(0), q.stride(1), q.stride(2))
-        sk = (0, k.stride(0), k.stride(1), k.stride(2))
-        sv = (0, v.stride(0), v.stride(1), v.stride(2))
-        so = (0, out.stride(0), out.stride(1), out.stride(2))
-        sl = (0, lse.stride(0), lse.stride(1)) if lse is not None else (0, 0, 0)
+        _, Hq, D = q.shape
+        _, Hkv, _ = k.shape
+        Dv = v.shape[2]
+        sq = (0, *q.stride())
+        sk = (0, *k.stride())
+        sv = (0, *v.stride())
+        so = (0, *out.stride())
+        sl = (0, *lse.stride()) if lse is not None else (0, 0, 0)
         seqlen_q, seqlen_k = 0, 0
         grid_m = max(int(max_seqlen_q), 0)
         cu_q, cu_k = cu_seqlens_q, cu_seqlens_k
+        sk_cfg = max_seqlen_k
     else:
         B, Sq, Hq, D = q.shape
-        Sk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        _, Sk, Hkv, _ = k.shape
+        Dv = v.shape[3]
         sq, sk, sv, so = q.stride(), k.stride(), v.stride(), out.stride()
         sl = lse.stride() if lse is not None else (0, 0, 0)
         seqlen_q, seqlen_k = Sq, Sk
         grid_m = Sq
         cu_q = cu_k = q  # unused placeholders
+        sk_cfg = Sk
     if B == 0 or grid_m == 0 or Hq == 0:
         return out
-    tma = (config or {}).get("TMA", True) and _tma_ok(q, k, v)
+    tma = (config is None or config.get("TMA", True)) and _tma_ok(q, k, v)
     has_left, has_right, left, right = window_bounds(causal, window)
     # masked key ranges (causal / window) behave like short ones: few tiles per program
-    cfg = prefill_config(D, Dv, q.dtype, bool(has_left or has_right), q.device, tma=tma,
-                         max_seqlen_k=max_seqlen_k if varlen else Sk)
+    masked = bool(has_left or has_right)
     if config:
+        cfg = prefill_config(D, Dv, q.dtype, masked, q.device, tma=tma, max_seqlen_k=sk_cfg)
         cfg.update(config)
+    else:
+        cfg = _cached_config(D, Dv, q.dtype, masked, q.device, tma,
+                             None if sk_cfg is None else int(sk_cfg), interpret_mode())
     qk_scale, cap2, has_cap = logit_constants(scale, softcap)
     if alibi_slopes is not None:
         sa = (alibi_slopes.stride(0), alibi_slopes.stride(1)) if alibi_slopes.dim() == 2 \
@@ -553,6 +626,7 @@ def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, win
     else:
         sa = (0, 0)
     BM = cfg["BLOCK_M"]
+    BN = cfg["BLOCK_N"]
     pipe = bool(cfg.get("PIPE", False))
     kd, vd = _host_descriptors(k, v, varlen, sk, sv, cfg, tma and not pipe and
                                cfg.get("HOSTDESC", True))
@@ -560,21 +634,23 @@ def _flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, win
     if tma and not hostdesc:
         _ensure_allocator()
     grid = (cdiv(grid_m, BM), Hq, B)
-    _fwd_kernel[grid](
+    BD = max(16, next_pow2(D))
+    BDV = max(16, next_pow2(Dv))
+    # every parameter of _fwd_kernel, positionally (the order of its signature)
+    args = (
         q, k, v, out, lse if lse is not None else out,
         alibi_slopes if alibi_slopes is not None else out,
         sinks if sinks is not None else out, cu_q, cu_k,
         kd if hostdesc else k, vd if hostdesc else v,
         *sq, *sk, *sv, *so, *sl, *sa,
         seqlen_q, seqlen_k, qk_scale, cap2, left, right,
-        GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_M=BM, BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_D=max(16, next_pow2(D)), BLOCK_DV=max(16, next_pow2(Dv)),
-        VARLEN=varlen, HAS_LEFT=has_left, HAS_RIGHT=has_right,
-        SOFTCAP=has_cap, ALIBI=alibi_slopes is not None, SINKS=sinks is not None,
-        STORE_LSE=lse is not None, REVERSE=bool(has_right), PREC=dot_precision(q.dtype),
-        POS_SCALE=bool(qk_scale > 0), KNAT=bool(cfg.get("KNAT", False)), TMA=tma,
-        PIPE=pipe, HOSTDESC=hostdesc,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
+        Hq // Hkv, D, Dv, BM, BN, BD, BDV,
+        varlen, has_left, has_right, has_cap, alibi_slopes is not None, sinks is not None,
+        lse is not None, bool(has_right), dot_precision(q.dtype), bool(qk_scale > 0),
+        bool(cfg.get("KNAT", False)), tma, pipe, hostdesc,
     )
+    options = (("num_warps", cfg["num_warps"]), ("num_stages", cfg["num_stages"]))
+    if cfg.get("maxnreg"):
+        options += (("maxnreg", cfg["maxnreg"]),)
+    _FWD.launch(grid, args, options, q.device.index if q.device.type == "cuda" else -1)
     return out

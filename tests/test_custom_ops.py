@@ -250,5 +250,5 @@ def test_reduce_overhead_cuda_graphs(backend):
     with torch.no_grad():
         for _ in range(3):
             got = compiled(q, k, v)
-        ref = proj(naive.dense(q, k, v, causal=True)[0].to(torch.bfloat16))
+        ref = proj(naive.dense(q, k, v, causal=True)[0].to(device="cuda", dtype=torch.bfloat16))
     assert inputs.rel_err(got, ref) < 2e-2

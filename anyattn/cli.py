@@ -1,4 +1,4 @@
-"""The ``anyattn`` command: backends, which, doctor, explain, plan, bench.
+"""The ``anyattn`` command: backends, which, doctor, explain, plan, bench, tune.
 
 Every subcommand prints rich tables for people and, with ``--json``, a stable JSON document
 for programs (schemas in the README).
@@ -76,7 +76,8 @@ def _positive(text: str) -> int:
     return value
 
 
-_PLUGIN_COMMANDS = {"anyattn.doctor.cli": ("doctor", "explain", "plan"), "anyattn.bench": ("bench",)}
+_PLUGIN_COMMANDS = {"anyattn.doctor.cli": ("doctor", "explain", "plan"), "anyattn.bench": ("bench",),
+                    "anyattn.tune": ("tune",)}
 
 
 def _unavailable(exc) -> int:

@@ -134,7 +134,8 @@ def machine_key(device_type: str, device_index: int | None) -> dict:
         cap = list(torch.cuda.get_device_capability(idx))
         driver = _driver_version()
     else:
-        name, cap, driver = f"{device_type}:{platform.processor() or platform.machine()}", None, None
+        # platform.machine() reads os.uname(); platform.processor() would run `uname -p` in a subprocess
+        name, cap, driver = f"{device_type}:{platform.machine()}", None, None
     return {"device": name, "capability": cap, "driver": driver, "torch": torch.__version__,
             "cuda": torch.version.cuda}
 

@@ -82,5 +82,5 @@ def test_which_human_table_paged():
 
 def test_help_lists_every_command():
     r = run("--help")
-    for cmd in ("backends", "which", "doctor", "explain", "plan", "bench"):
+    for cmd in ("backends", "which", "doctor", "explain", "plan", "bench", "tune"):
         assert cmd in r.stdout

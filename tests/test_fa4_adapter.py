@@ -538,3 +538,13 @@ def test_hopper_ranks_fa4_first_for_dense_and_after_triton_for_paged():
     assert paged.index("triton") < paged.index("flash_attn_4")
     for fam in ("ampere", "blackwell"):
         assert "flash_attn_4" in AUTO_ORDER[fam]["attention"]
+
+
+def test_misaligned_out_is_copied_not_handed_to_the_kernel(fa4):
+    b, calls = fa4
+    q, k, v = inputs.dense(b=1, sq=4, sk=4, hq=2, hkv=2, d=8, dtype=torch.bfloat16)
+    big = torch.zeros(1, 4, 2, 8 + 3, dtype=torch.bfloat16)
+    buf = big[..., 1:9]  # last dim contiguous, but the base and row strides are not 16-byte aligned
+    o, _ = b.attention(q, k, v, **_opts(out=buf))
+    assert calls()[-1][0] == "flash_attn_func" and o is buf
+    close(o, REF.attention(q, k, v, **_opts())[0])

@@ -116,6 +116,14 @@ def _window(window: tuple[int, int]) -> tuple[int | None, int | None]:
     return tuple(None if w < 0 else w for w in window)  # type: ignore[return-value]
 
 
+def _kernel_writable(out: torch.Tensor) -> bool:
+    """What FA4's validate_output_layout asserts: 16-byte aligned base and strides, unit last stride."""
+    if out.stride(-1) != 1 or out.data_ptr() % 16 or 0 in out.stride():
+        return False
+    step = max(1, 16 // out.element_size())
+    return all(st % step == 0 for st, n in zip(out.stride()[:-1], out.shape[:-1]) if n > 1)
+
+
 def k_tile(cc: tuple[int, int] | None, d: int, dv: int, causal: bool, local: bool) -> int:
     """FA4's forward K tile (n_block_size) as its interface picks it; the TMA page size."""
     if cc is not None and cc[0] == 9:
@@ -276,7 +284,7 @@ class FlashAttn4Backend(V.VendorBackend):
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         first = variant not in self._first_calls
         t0 = time.perf_counter() if first else 0.0
-        direct = (out is not None and not grad and out_shape_ok and out.stride(-1) == 1
+        direct = (out is not None and not grad and out_shape_ok and _kernel_writable(out)
                   and hasattr(lib, "_flash_attn_fwd") and V.accepts(lib._flash_attn_fwd, "out"))
         if direct:
             fkw = dict(kw)

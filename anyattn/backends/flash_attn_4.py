@@ -166,6 +166,7 @@ class FlashAttn4Backend(V.VendorBackend):
         super().__init__()
         self.import_seconds: float | None = None
         self._first_calls: dict[tuple, float] = {}  # kernel variant -> host seconds of its first call
+        self._direct_out: bool | None = None  # does this build's _flash_attn_fwd take out=?
 
     # -- availability: files and metadata only; the 8 s import waits for the first call ----------
     def _probe(self) -> Availability:
@@ -284,8 +285,9 @@ class FlashAttn4Backend(V.VendorBackend):
         grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
         first = variant not in self._first_calls
         t0 = time.perf_counter() if first else 0.0
-        direct = (out is not None and not grad and out_shape_ok and _kernel_writable(out)
-                  and hasattr(lib, "_flash_attn_fwd") and V.accepts(lib._flash_attn_fwd, "out"))
+        if self._direct_out is None:  # read the private forward's signature once
+            self._direct_out = hasattr(lib, "_flash_attn_fwd") and V.accepts(lib._flash_attn_fwd, "out")
+        direct = out is not None and not grad and out_shape_ok and self._direct_out and _kernel_writable(out)
         if direct:
             fkw = dict(kw)
             ws = fkw.pop("window_size")

@@ -341,8 +341,8 @@ def default_cases(ops=("attention", "varlen", "paged"), head_dims=(64, 128), seq
     for op in ops:
         if op in ("attention", "varlen"):
             for g in grad:
-                if op == "varlen" and g:
-                    continue  # the bench has no varlen backward; name it with --grad yes to tune it
+                if op == "varlen" and g and not seqlens:
+                    continue  # the bench has no varlen backward: tuned only for seqlens you name
                 for d in head_dims:
                     for c in causal:
                         for s in (seqlens or (BACKWARD_SEQLENS if g else PREFILL_SEQLENS)):

@@ -530,9 +530,12 @@ def describe_request(*, op: str = "attention", dtype="bfloat16", head_dim: int =
                    block_size=block_size if op == "paged" else None)
 
 
-def decide_for(*, backend=None, **described) -> Decision:
-    """The decision for a described request (see :func:`describe_request`) on this machine."""
-    return explain_request(describe_request(**described), backend)
+def decide_for(*, backend=None, bucket=None, **described) -> Decision:
+    """The decision for a described request (see :func:`describe_request`) on this machine.
+
+    ``bucket`` (from :func:`anyattn.tune.bucket`) lets a tune file's measurement decide, as for a call.
+    """
+    return explain_request(describe_request(**described), backend, bucket=bucket)
 
 
 @dataclass

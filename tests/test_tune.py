@@ -220,3 +220,18 @@ def test_cli_dry_run_show_clear(capsys, _cache):
     assert args.func(args) == 2
 
 
+
+
+def test_which_with_a_shape_uses_the_measurement(capsys):
+    r, _ = _cpu_req()
+    _write_fake({tune.signature(r): {(3, 3, 0): ("reference", {"reference": 0.4, "sdpa_flash": 0.5})}})
+    p = build_parser()
+    args = p.parse_args(["which", "--device", "cpu", "--dtype", "fp32", "--head-dim", "8", "--seqlen", "8",
+                         "--batch", "1", "--json"])
+    assert args.func(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["chosen"] == "reference" and d["measured"]["bucket"] == "q3.k3.b0"
+    args = p.parse_args(["which", "--device", "cpu", "--dtype", "fp32", "--head-dim", "8", "--json"])
+    assert args.func(args) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["chosen"] == "sdpa_flash" and d["measured"] is None  # no shape: the static ranking

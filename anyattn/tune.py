@@ -35,8 +35,12 @@ from pathlib import Path
 
 FORMAT = 1
 ENV_DIR = "ANYATTN_CACHE_DIR"
-#: backends never timed by default: they are correct everywhere and slow everywhere
-SLOW = ("reference", "sdpa_math")
+#: backends not timed by default (``--all`` times them): correct everywhere and slow everywhere, or
+#: torch's own pick among the sdpa_* kernels, which are timed one by one
+SLOW = ("reference", "sdpa_math", "sdpa")
+#: not timed for backward by default: Flex compiles a backward per shape (tens of seconds each) and
+#: is left out of `anyattn bench`'s backward table for the same reason
+SLOW_BACKWARD = ("flex",)
 
 
 def cache_dir() -> Path:
@@ -64,12 +68,6 @@ def bucket_name(b: tuple[int, int, int]) -> str:
 def parse_bucket(text: str) -> tuple[int, int, int]:
     q, k, b = text.split(".")
     return (int(q[1:]), int(k[1:]), int(b[1:]))
-
-
-def describe_bucket(b: tuple[int, int, int]) -> str:
-    def rng(e):
-        return "1" if e == 0 else (f"{2 ** e}" if e <= 1 else f"{2 ** (e - 1) + 1}..{2 ** e}")
-    return f"Sq {rng(b[0])}, Sk {rng(b[1])}, batch {rng(b[2])}"
 
 
 def dense_bucket(q, k) -> tuple[int, int, int]:
@@ -466,9 +464,9 @@ def candidates(req, include_slow=False, only=None) -> list[str]:
     decision = selector.decide(req)
     names = [c.name for c in decision.candidates if c.status in ("chosen", "usable")]
     if only:
-        names = [n for n in names if n in only]
+        return [n for n in names if n in only]
     if not include_slow:
-        names = [n for n in names if n not in SLOW]
+        names = [n for n in names if n not in SLOW and not (req.grad and n in SLOW_BACKWARD)]
     return names
 
 

@@ -235,3 +235,16 @@ def test_which_with_a_shape_uses_the_measurement(capsys):
     assert args.func(args) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["chosen"] == "sdpa_flash" and d["measured"] is None  # no shape: the static ranking
+
+
+def test_candidates_leave_out_slow_and_redundant_backends(monkeypatch):
+    r, (q, k, v) = _cpu_req()
+    names = tune.candidates(r)
+    assert "sdpa_flash" in names
+    assert not {"reference", "sdpa_math", "sdpa"} & set(names)
+    assert {"reference", "sdpa_math", "sdpa"} <= set(tune.candidates(r, include_slow=True))
+    monkeypatch.setattr(tune, "SLOW_BACKWARD", ("sdpa_flash",))  # the mechanism Flex uses on GPUs
+    g = r._replace(grad=True)
+    assert "sdpa_flash" not in tune.candidates(g) and "sdpa_flash" in tune.candidates(r)
+    assert "sdpa_flash" in tune.candidates(g, include_slow=True)
+    assert tune.candidates(r, only=("reference",)) == ["reference"]

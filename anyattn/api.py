@@ -127,4 +127,6 @@ def explain(*args, op="attention", backend=None, **kwargs):
         raise TypeError(f"explain: unexpected keyword arguments {sorted(unknown)} for op {op!r}")
     opts.update(kwargs)
     req = _OP_REQUESTS[op](*args, **opts)[0]
-    return _sel.explain_request(req, backend)
+    from .tune import bucket_from_call  # the bucket of these shapes, for a measured (tuned) choice
+
+    return _sel.explain_request(req, backend, bucket=bucket_from_call(op, args, opts))

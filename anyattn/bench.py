@@ -1,15 +1,21 @@
-"""``anyattn bench``: prefill TFLOP/s and paged-decode GB/s, every backend side by side.
+"""``anyattn bench``: prefill and backward TFLOP/s and paged-decode GB/s, every backend side by side.
 
 One process, one GPU. Prefill: b*s = 16k tokens, h*d = 2048, bf16, head dim 64 and 128, causal
-and not, seqlen 512..16k; FLOPs = 4*b*h*sq*sk*d (halved for causal). Decode: (batch, context)
-= (1,4k) (1,32k) (16,4k) (64,2k) (128,1k) (32,8k), GQA 32/8, head dim 128, KV block 16 and 128;
-bytes = the K and V bytes read. Each shape runs on ``triton`` beside ``sdpa_cudnn``,
-``sdpa_flash``, ``flex`` and every installed vendor backend (flash_attn, flash_attn_3,
-flashinfer, xformers); decode baselines that have no paged kernel of their own (sdpa_*) run on a
-contiguous KV of the same size, so their bytes are the same. The same run's device-to-device
-copy bandwidth (bytes read + written) is the decode yardstick. Times are medians of
-``triton.testing.do_bench`` (L2 flushed between reps); decode calls are captured in a CUDA
-graph where the backend allows it, so Python dispatch does not count.
+and not, seqlen 512..16k; FLOPs = 4*b*h*sq*sk*d (halved for causal). Backward: the same shapes at
+seqlen 1k..16k, forward + backward timed together, FLOPs = forward + 2.5 x forward (the
+backward's usual count). Decode: (batch, context) = (1,4k) (1,32k) (16,4k) (64,2k) (128,1k)
+(32,8k), GQA 32/8, head dim 128, KV block 16 and 128; bytes = the K and V bytes read. Each shape
+runs on ``triton`` beside ``sdpa_cudnn``, ``sdpa_flash``, ``flex`` and every installed vendor
+backend (flash_attn_4, flash_attn_3, flash_attn, flashinfer, xformers); decode baselines that
+have no paged kernel of their own (sdpa_*) run on a contiguous KV of the same size, so their
+bytes are the same. The same run's device-to-device copy bandwidth (bytes read + written) is the
+decode yardstick. Times are medians of ``triton.testing.do_bench`` (L2 flushed between reps);
+decode calls are captured in a CUDA graph where the backend allows it, so Python dispatch does
+not count.
+
+The ``auto`` column is what automatic selection picks for the shape (the static ranking, or the
+measured winner when ``anyattn tune`` has run here), timed the same way; ``auto/best`` is its
+throughput over the best single backend's: the goal is >= 0.98 on every row.
 
 The first call of each triton kernel variant (compile + run) is reported as its cold-start time.
 """
@@ -21,16 +27,22 @@ import sys
 import time
 
 PREFILL_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+BACKWARD_SEQLENS = (1024, 2048, 4096, 8192, 16384)
 DECODE_SHAPES = ((1, 4096), (1, 32768), (16, 4096), (64, 2048), (128, 1024), (32, 8192))
-BASELINES = ("sdpa_cudnn", "sdpa_flash", "flex", "flash_attn_3", "flash_attn", "flashinfer",
-             "xformers")
+BASELINES = ("flash_attn_4", "sdpa_cudnn", "sdpa_flash", "flex", "flash_attn_3", "flash_attn",
+             "flashinfer", "xformers")
+# Flex compiles its backward per shape (tens of seconds each): left out of the backward table so
+# `anyattn bench` stays near 5 minutes; name it with --backends to include it.
+BACKWARD_SKIP = ("flex",)
+AUTO = "auto"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="prefill TFLOP/s and decode GB/s per backend (GPU)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", choices=("prefill", "decode", "overhead"), default=None,
+    p.add_argument("--only", choices=("prefill", "backward", "decode", "overhead"), default=None,
                    help="overhead: host µs per call and eager vs CUDA-graph decode (bench_overhead)")
+    p.add_argument("--no-auto", action="store_true", help="skip the automatic-selection column")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to compare (default: triton + baselines)")
     p.add_argument("--seqlens", default=None, help="prefill seqlens, e.g. 4096,16384")
@@ -45,10 +57,10 @@ def register(subparsers) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def _bench(fn, reps):
+def _bench(fn, reps, grad_to_none=None):
     import triton
 
-    return triton.testing.do_bench(fn, warmup=25, rep=reps, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=25, rep=reps, grad_to_none=grad_to_none, return_mode="median")
 
 
 def _graphed(fn):
@@ -84,7 +96,7 @@ def copy_bandwidth(device, reps) -> float:
     return 2 * (1 << 30) / ms * 1e-6  # GB/s, read + write
 
 
-def _available(names, op, dtype, head_dim, device, block_size=None, gqa=1, causal=False):
+def _available(names, op, dtype, head_dim, device, block_size=None, gqa=1, causal=False, grad=False):
     from . import selector
 
     out = {}
@@ -92,7 +104,7 @@ def _available(names, op, dtype, head_dim, device, block_size=None, gqa=1, causa
         try:
             d = selector.decide_for(op=op, dtype=dtype, head_dim=head_dim, head_dim_v=head_dim,
                                     causal=causal, gqa=gqa, window=None, softcap=False,
-                                    alibi=False, sinks=False, lse=False, grad=False,
+                                    alibi=False, sinks=False, lse=False, grad=grad,
                                     block_size=block_size, device=device, backend=n)
             out[n] = None if d.chosen else "; ".join(_reasons(d, n)) or "unavailable"
         except Exception as exc:  # noqa: BLE001
@@ -107,46 +119,79 @@ def _reasons(decision, name):
     return []
 
 
-def bench_prefill(args, names, rows, progress, task):
+def _auto_name(explain_fn) -> str | None:
+    """What automatic selection picks for this call (explain: nothing runs, nothing imported)."""
+    try:
+        return explain_fn().chosen
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _time_row(row, fn, reps, grad_to_none=None, graph=False):
+    """Time ``fn`` into ``row``: value-ready ms, first_call_s; a failure becomes the reason."""
+    import torch
+
+    try:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        run, graphed = _graphed(fn) if graph else (fn, False)
+        ms = _bench(run, reps, grad_to_none)
+        row.update(ms=ms, first_call_s=first)
+        if graph:
+            row["graphed"] = graphed
+        return ms
+    except Exception as exc:  # noqa: BLE001
+        row.update(value=None, reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+        return None
+
+
+def bench_prefill(args, names, rows, progress, task, grad=False):
+    """Forward TFLOP/s (``grad=False``) or forward+backward TFLOP/s (``grad=True``) per backend."""
     import torch
 
     import anyattn
 
     dev = args.device
-    seqlens = [int(s) for s in args.seqlens.split(",")] if args.seqlens else \
-        ((4096, 16384) if args.quick else PREFILL_SEQLENS)
+    default = BACKWARD_SEQLENS if grad else PREFILL_SEQLENS
+    quick = (4096, 16384)
+    seqlens = [int(s) for s in args.seqlens.split(",")] if args.seqlens else (quick if args.quick else default)
     head_dims = [int(d) for d in args.head_dims.split(",")]
+    cols = names + ([] if args.no_auto else [AUTO])
+    kind = "backward" if grad else "prefill"
     for d in head_dims:
         h = 2048 // d
         for s in seqlens:
             b = max(1, 16384 // s)
-            q = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16)
-            k = torch.randn_like(q)
-            v = torch.randn_like(q)
+            q = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16, requires_grad=grad)
+            k = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16, requires_grad=grad)
+            v = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16, requires_grad=grad)
+            do = torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16) if grad else None
             for causal in (False, True):
-                flops = 4 * b * h * s * s * d / (2 if causal else 1)
-                why = _available(names, "attention", "bf16", d, dev, causal=causal)
-                for n in names:
-                    row = dict(kind="prefill", head_dim=d, seqlen=s, batch=b, heads=h,
-                               causal=causal, backend=n)
+                flops = 4 * b * h * s * s * d / (2 if causal else 1) * (3.5 if grad else 1.0)
+                why = _available(names, "attention", "bf16", d, dev, causal=causal, grad=grad)
+                for n in cols:
+                    row = dict(kind=kind, head_dim=d, seqlen=s, batch=b, heads=h, causal=causal, backend=n,
+                               unit="TFLOP/s")
+                    be = None if n == AUTO else n
+                    if n == AUTO:
+                        row["chosen"] = _auto_name(lambda: anyattn.explain(q, k, v, causal=causal))
                     if why.get(n):
-                        row.update(value=None, unit="TFLOP/s", reason=why[n])
+                        row.update(value=None, reason=why[n])
                     else:
-                        fn = (lambda n=n: anyattn.attention(q, k, v, causal=causal, backend=n))
-                        try:
-                            t0 = time.perf_counter()
-                            fn()
-                            torch.cuda.synchronize()
-                            first = time.perf_counter() - t0
-                            ms = _bench(fn, args.reps)
-                            row.update(value=flops / ms * 1e-9, unit="TFLOP/s", ms=ms,
-                                       first_call_s=first)
-                        except Exception as exc:  # noqa: BLE001
-                            row.update(value=None, unit="TFLOP/s",
-                                       reason=f"{type(exc).__name__}: {str(exc)[:200]}")
+                        if grad:
+                            def fn(be=be):
+                                anyattn.attention(q, k, v, causal=causal, backend=be).backward(do)
+                        else:
+                            def fn(be=be):
+                                return anyattn.attention(q, k, v, causal=causal, backend=be)
+                        ms = _time_row(row, fn, args.reps, [q, k, v] if grad else None)
+                        if ms:
+                            row["value"] = flops / ms * 1e-9
                     rows.append(row)
                     progress.advance(task)
-            del q, k, v
+            del q, k, v, do
             torch.cuda.empty_cache()
 
 
@@ -171,9 +216,21 @@ def bench_decode(args, names, rows, copy_gbs, progress, task):
             nbytes = 2 * b * ctx * hkv * d * 2
             why_paged = _available(names, "paged", "bf16", d, dev, block_size=page, gqa=hq // hkv)
             dense_kv = None
-            for n in names:
+            for n in names + ([] if args.no_auto else [AUTO]):
                 row = dict(kind="decode", batch=b, context=ctx, block_size=page, backend=n,
                            unit="GB/s")
+                if n == AUTO:
+                    row["chosen"] = _auto_name(lambda: anyattn.explain(q, kc, vc, bt, su, op="paged",
+                                                                       max_seqlen_k=ctx))
+                    row["layout"] = "paged"
+                    fn = (lambda: anyattn.paged_attention(q, kc, vc, bt, su, max_seqlen_k=ctx))
+                    ms = _time_row(row, fn, args.reps, graph=True)
+                    if ms:
+                        gbs = nbytes / ms * 1e-6
+                        row.update(value=gbs, copy_fraction=gbs / copy_gbs)
+                    rows.append(row)
+                    progress.advance(task)
+                    continue
                 dense = n.startswith("sdpa")  # no paged kernel: time it on contiguous KV
                 if dense:
                     if dense_kv is None:
@@ -209,6 +266,18 @@ def bench_decode(args, names, rows, copy_gbs, progress, task):
             torch.cuda.empty_cache()
 
 
+def _auto_vs_best(g):
+    """(auto row, best backend name, auto value / best value) for one case's rows."""
+    auto = g.get(AUTO)
+    # sdpa_* decode rows run on a contiguous KV (another op): they are shown, not the bar to meet
+    vals = {n: r["value"] for n, r in g.items()
+            if n != AUTO and r.get("value") and r.get("layout") != "contiguous KV"}
+    if not auto or not auto.get("value") or not vals:
+        return auto, None, None
+    best = max(vals, key=vals.get)
+    return auto, best, auto["value"] / vals[best]
+
+
 def _ratios(rows):
     """Attach triton / baseline ratios to the triton rows."""
     key = lambda r: tuple(r.get(k) for k in ("kind", "head_dim", "seqlen", "causal", "batch",  # noqa: E731
@@ -221,7 +290,11 @@ def _ratios(rows):
         if tri is None:
             continue
         tri["ratios"] = {r["backend"]: tri["value"] / r["value"] for r in g
-                         if r["backend"] != "triton" and r.get("value")}
+                         if r["backend"] not in ("triton", AUTO) and r.get("value")}
+    for g in groups.values():
+        auto, best, ratio = _auto_vs_best({r["backend"]: r for r in g})
+        if ratio is not None:
+            auto.update(best=best, auto_over_best=ratio)
 
 
 def _by_case(rows, fields):
@@ -232,38 +305,61 @@ def _by_case(rows, fields):
     return cases
 
 
+def _short(name):
+    return {"flash_attn_4": "fa4", "flash_attn_3": "fa3", "flash_attn": "fa2", "sdpa_cudnn": "cudnn",
+            "sdpa_flash": "sdpa_flash", "sdpa_efficient": "mem_eff", "flashinfer": "fi"}.get(name, name)
+
+
+def _auto_cells(g):
+    auto, best, ratio = _auto_vs_best(g)
+    if not auto:
+        return ["-", "-"]
+    val = f"{auto['value']:.0f} ({_short(auto.get('chosen') or '?')})" if auto.get("value") else "-"
+    return [val, f"{ratio:.2f} vs {_short(best)}" if ratio is not None else "-"]
+
+
 def _table(rows, copy_gbs, names):
     from rich.table import Table
 
+    has_auto = any(r["backend"] == AUTO for r in rows)
+    auto_cols = ("auto", "auto/best") if has_auto else ()
     tables = []
-    pre = [r for r in rows if r["kind"] == "prefill"]
-    if pre:
-        t = Table(title="prefill TFLOP/s (bf16, b*s=16k, h*d=2048); ratio = triton / backend")
-        for col in ("d", "seqlen", "causal", *names, *(f"tri/{n}" for n in names if n != "triton"),
-                    "triton 1st call s"):
+    for kind, title in (("prefill", "prefill TFLOP/s (bf16, b*s=16k, h*d=2048); ratio = triton / backend"),
+                        ("backward", "forward+backward TFLOP/s (bf16, b*s=16k, h*d=2048; FLOPs = 3.5 x forward: "
+                                     "backward counted as 2.5 x)")):
+        pre = [r for r in rows if r["kind"] == kind]
+        if not pre:
+            continue
+        shown = [n for n in names if any(r["backend"] == n and r.get("value") for r in pre)] or names
+        tri_cols = [n for n in shown if n != "triton"] if kind == "prefill" and "triton" in shown else []
+        t = Table(title=title)
+        for col in ("d", "seqlen", "causal", *shown, *auto_cols, *(f"tri/{n}" for n in tri_cols),
+                    *(("triton 1st call s",) if kind == "prefill" else ())):
             t.add_column(col, justify="right")
         for k, g in _by_case(pre, ("head_dim", "seqlen", "causal")).items():
             tri = g.get("triton", {})
-            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
+            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in shown]
             rat = [f"{tri.get('ratios', {}).get(n, float('nan')):.2f}"
-                   if tri.get("ratios", {}).get(n) else "-" for n in names if n != "triton"]
-            t.add_row(str(k[0]), str(k[1]), "yes" if k[2] else "no", *vals, *rat,
-                      f"{tri.get('first_call_s', float('nan')):.1f}" if tri else "-")
+                   if tri.get("ratios", {}).get(n) else "-" for n in tri_cols]
+            first = ([f"{tri.get('first_call_s', float('nan')):.1f}" if tri else "-"] if kind == "prefill" else [])
+            t.add_row(str(k[0]), str(k[1]), "yes" if k[2] else "no", *vals,
+                      *(_auto_cells(g) if has_auto else []), *rat, *first)
         tables.append(t)
     dec = [r for r in rows if r["kind"] == "decode"]
     if dec:
+        shown = [n for n in names if any(r["backend"] == n and r.get("value") for r in dec)] or names
         t = Table(title=f"decode GB/s (bf16, GQA 32/8, d=128); copy bandwidth {copy_gbs:.0f} GB/s;"
                         " % = of copy bandwidth")
-        for col in ("block", "batch", "context", *names, "triton %copy",
-                    *(f"tri/{n}" for n in names if n != "triton")):
+        for col in ("block", "batch", "context", *shown, *auto_cols, "triton %copy",
+                    *(f"tri/{n}" for n in shown if n != "triton")):
             t.add_column(col, justify="right")
         for k, g in _by_case(dec, ("block_size", "batch", "context")).items():
             tri = g.get("triton", {})
-            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in names]
+            vals = [f"{g[n]['value']:.0f}" if g.get(n, {}).get("value") else "-" for n in shown]
             rat = [f"{tri.get('ratios', {}).get(n):.2f}" if tri.get("ratios", {}).get(n) else "-"
-                   for n in names if n != "triton"]
+                   for n in shown if n != "triton"]
             pct = f"{tri['copy_fraction'] * 100:.0f}%" if tri.get("value") else "-"
-            t.add_row(str(k[0]), str(k[1]), str(k[2]), *vals, pct, *rat)
+            t.add_row(str(k[0]), str(k[1]), str(k[2]), *vals, *(_auto_cells(g) if has_auto else []), pct, *rat)
         tables.append(t)
     return tables
 
@@ -300,17 +396,25 @@ def main(args) -> int:
         env["triton"] = None
     rows = []
     copy_gbs = copy_bandwidth(args.device, args.reps)
-    n_pre = n_dec = 0
-    if args.only != "decode":
+    n_pre = n_bwd = n_dec = 0
+    ncols = len(names) + (0 if args.no_auto else 1)
+    bwd_names = [n for n in names if args.backends or n not in BACKWARD_SKIP]
+    if args.only in (None, "prefill"):
         sl = len(args.seqlens.split(",")) if args.seqlens else (2 if args.quick else len(PREFILL_SEQLENS))
-        n_pre = sl * len(args.head_dims.split(",")) * 2 * len(names)
-    if args.only != "prefill":
+        n_pre = sl * len(args.head_dims.split(",")) * 2 * ncols
+    if args.only in (None, "backward"):
+        sl = len(args.seqlens.split(",")) if args.seqlens else (2 if args.quick else len(BACKWARD_SEQLENS))
+        n_bwd = sl * len(args.head_dims.split(",")) * 2 * (len(bwd_names) + (0 if args.no_auto else 1))
+    if args.only in (None, "decode"):
         shapes = 4 if args.quick else len(DECODE_SHAPES)
-        n_dec = shapes * len(args.block_sizes.split(",")) * len(names)
+        n_dec = shapes * len(args.block_sizes.split(",")) * ncols
     with Progress(console=console, transient=True) as progress:
         if n_pre:
             task = progress.add_task("prefill", total=n_pre)
             bench_prefill(args, names, rows, progress, task)
+        if n_bwd:
+            task = progress.add_task("backward", total=n_bwd)
+            bench_prefill(args, bwd_names, rows, progress, task, grad=True)
         if n_dec:
             task = progress.add_task("decode", total=n_dec)
             bench_decode(args, names, rows, copy_gbs, progress, task)
@@ -327,10 +431,19 @@ def main(args) -> int:
         console.print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
                       f"copy {copy_gbs:.0f} GB/s (read+write)")
         shown = [n for n in names if any(r["backend"] == n and r.get("value") for r in rows)]
-        for t in _table(rows, copy_gbs, shown or names):
+        for t in _table(rows, copy_gbs, names):
             console.print(t)
         skipped = {r["backend"]: r.get("reason") for r in rows if not r.get("value")}
         for n, why in skipped.items():
-            if n not in shown:
+            if n not in shown and n != AUTO:
                 console.print(f"[dim]{n}: {why}[/]")
+        worst = [r for r in rows if r.get("auto_over_best") is not None and r["auto_over_best"] < 0.98]
+        ratios = [r["auto_over_best"] for r in rows if r.get("auto_over_best") is not None]
+        if ratios:
+            console.print(f"auto >= 0.98 x best on {len(ratios) - len(worst)}/{len(ratios)} shapes "
+                          f"(min {min(ratios):.2f})" + ("; below: " + "; ".join(
+                              f"{r['kind']} {r.get('head_dim', '')} {r.get('seqlen', r.get('context'))} "
+                              f"{'causal' if r.get('causal') else ''} b{r.get('batch')} "
+                              f"{r.get('chosen')} vs {r['best']} {r['auto_over_best']:.2f}"
+                              for r in worst) if worst else ""))
     return 0

@@ -1,4 +1,4 @@
-"""The ``anyattn`` command: backends, which, doctor, explain, plan, bench.
+"""The ``anyattn`` command: backends, which, doctor, explain, plan, bench, tune.
 
 Every subcommand prints rich tables for people and, with ``--json``, a stable JSON document
 for programs (schemas in the README).
@@ -53,12 +53,19 @@ def _default_device() -> str:
 def cmd_which(args) -> int:
     from . import selector
 
+    bucket = None
+    if args.seqlen is not None or args.batch is not None:  # a shape: a tune file may decide
+        from .tune import bucket as _bucket
+
+        sk = args.seqlen or 1
+        sq = 1 if args.op == "paged" and args.seqlen_q is None else (args.seqlen_q or sk)
+        bucket = _bucket(sq, sk, args.batch or 1)
     try:
         decision = selector.decide_for(
             op=args.op, dtype=args.dtype, head_dim=args.head_dim, head_dim_v=args.head_dim_v,
             causal=args.causal, gqa=args.gqa, window=args.window, softcap=args.softcap, alibi=args.alibi,
             sinks=args.sinks, lse=args.lse, grad=args.grad, block_size=args.block_size, device=args.device,
-            backend=args.backend)
+            backend=args.backend, bucket=bucket)
     except (ValueError, TypeError) as exc:
         print(f"anyattn which: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +83,8 @@ def _positive(text: str) -> int:
     return value
 
 
-_PLUGIN_COMMANDS = {"anyattn.doctor.cli": ("doctor", "explain", "plan"), "anyattn.bench": ("bench",)}
+_PLUGIN_COMMANDS = {"anyattn.doctor.cli": ("doctor", "explain", "plan"), "anyattn.bench": ("bench",),
+                    "anyattn.tune": ("tune",)}
 
 
 def _unavailable(exc) -> int:
@@ -113,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=_positive, default=None, help="paged KV block size (default 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--backend", default=None, help="a forced name or comma-separated preference")
+    p.add_argument("--seqlen", type=_positive, default=None,
+                   help="keys per sequence (with --batch: lets an `anyattn tune` measurement decide)")
+    p.add_argument("--seqlen-q", type=_positive, default=None, help="queries per sequence (default: --seqlen; paged: 1)")
+    p.add_argument("--batch", type=_positive, default=None, help="sequences in the batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_which)
 

@@ -28,9 +28,24 @@ ENV_VAR = "ANYATTN_BACKEND"
 # request drop out with their reasons; the first left wins.
 #
 # Why this order (numbers: docs/PERF.md, `anyattn bench` on the lent H200, bf16, d=128, 16k):
-# * Hopper (sm90): FlashAttention-3 is the fastest dense/varlen/paged kernel on sm90 (~650
-#   TFLOP/s published). cuDNN attention through SDPA follows (618 non-causal / 565 causal
-#   measured) and needs no extra install. anyattn's Triton kernels come next (503 / 500; no
+# * Hopper (sm90), measured in one process on the H200 (issue 8; bf16, b*s = 16k, h*d = 2048,
+#   TFLOP/s, backward counted as 2.5x the forward FLOPs):
+#                          FA4 4.0.0b36   sdpa_cudnn   triton   sdpa_flash (FA2)
+#     fwd d128 16k full/causal   631/639      615/568   499/486      352/319
+#     fwd d128 1k  full/causal   576/412      584/425   399/297      329/247
+#     fwd d64  16k full/causal   509/518      467/445   414/404      308/297
+#     bwd d128 16k full/causal   621/683      545/538      -         309/316
+#   FlashAttention-4 wins every long forward and both backwards by 3-27 %; cuDNN wins the 1k
+#   forwards by 1-3 %, which `anyattn tune` catches per bucket (the static list is one order per
+#   op). FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
+#   FlashAttention-3 (~650 TFLOP/s published) has no wheel for torch 2.11 + CUDA 13, so it
+#   could not be measured here; it follows FA4 (the same algorithm, FA4's CuTe port is at par).
+#   Varlen: FA4 runs its dense kernel with a varlen scheduler (not measured separately yet).
+#   Paged decode: FA4 has no split-KV on sm90, so batch 1 x 32k reads KV at 7-9 % of copy
+#   bandwidth against Triton's 62 % (graphed); at batch 16 x 4k (page 16, eager) FA4 reaches
+#   78 % against Triton's 55 % (host-bound eager). Triton stays first for paged (graph-safe, no
+#   host sync, good at every batch); FA4 follows; tune decides per batch/context bucket.
+#   cuDNN attention through SDPA needs no extra install. anyattn's Triton kernels come next (503 / 500; no
 #   compile step at install, every feature, CUDA-graph safe), ahead of FA2 (sdpa_flash: 354 / 320,
 #   no wgmma path) and FlexAttention (482 / 391, but it compiles on every new shape). For paged
 #   decode Triton reads KV at 93-100 % of copy bandwidth at batch >= 32 with no host sync, so it
@@ -38,8 +53,14 @@ ENV_VAR = "ANYATTN_BACKEND"
 # * Ampere/Ada (sm80-sm89): FA2 is the reference kernel there; torch's flash kernel is the same
 #   code; cuDNN is close; Triton, xFormers and Flex follow. For paged KV, Triton (no host sync,
 #   graph-safe) goes before FlashInfer, whose plan() synchronises on every call through anyattn.
-# * Blackwell (sm100+): FA2/FA3 wheels lag; FlashInfer and cuDNN ship sm100 kernels first
-#   (vLLM defaults to FlashInfer there); Triton's sm100 configurations are not tuned.
+# * Blackwell (sm100+), documented estimates: FlashAttention-4 is written for sm100 (tcgen05,
+#   TMEM, 2-CTA MMA; its paper reports up to 1613 TFLOP/s bf16 on B200, 1.1-1.3x cuDNN 9.13), so
+#   it leads dense/varlen; FA2/FA3 wheels lag; FlashInfer and cuDNN ship sm100 kernels early
+#   (vLLM defaults to FlashInfer there); Triton's sm100 configurations are not tuned. For paged
+#   decode FlashInfer leads (anyattn runs FA4 without split-KV). On sm12x FA4 runs an
+#   Ampere-style kernel: run `anyattn tune` there.
+# * FlashAttention-4 on Ampere/Ada runs an untuned Ampere-style kernel with no backward, no
+#   paged KV and no sinks: it ranks after the native kernels.
 # * Pre-Ampere (sm70/sm75, T4/V100): FlashAttention refuses these GPUs; xFormers' cutlass kernel
 #   and torch's memory-efficient kernel run there.
 # * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape)
@@ -49,23 +70,26 @@ ENV_VAR = "ANYATTN_BACKEND"
 _FALLBACKS = ["sdpa_efficient", "sdpa_math", "reference"]
 AUTO_ORDER: dict[str, dict[str, list[str]]] = {
     "hopper": {
-        "attention": ["flash_attn_3", "sdpa_cudnn", "triton", "flash_attn", "sdpa_flash", "flex",
-                      "xformers", "flashinfer", *_FALLBACKS],
-        "varlen": ["flash_attn_3", "triton", "flash_attn", "flashinfer", "xformers", "flex",
+        "attention": ["flash_attn_4", "flash_attn_3", "sdpa_cudnn", "triton", "flash_attn", "sdpa_flash",
+                      "flex", "xformers", "flashinfer", *_FALLBACKS],
+        "varlen": ["flash_attn_4", "flash_attn_3", "triton", "flash_attn", "flashinfer", "xformers", "flex",
                    "sdpa_cudnn", *_FALLBACKS],
-        "paged": ["flash_attn_3", "triton", "flashinfer", "flash_attn", "flex", "sdpa_cudnn", *_FALLBACKS],
+        "paged": ["flash_attn_3", "triton", "flash_attn_4", "flashinfer", "flash_attn", "flex", "sdpa_cudnn",
+                  *_FALLBACKS],
     },
     "ampere": {
-        "attention": ["flash_attn", "sdpa_flash", "sdpa_cudnn", "triton", "xformers", "flex",
+        "attention": ["flash_attn", "sdpa_flash", "sdpa_cudnn", "triton", "flash_attn_4", "xformers", "flex",
                       "flashinfer", *_FALLBACKS],
-        "varlen": ["flash_attn", "triton", "flashinfer", "xformers", "flex", "sdpa_flash", *_FALLBACKS],
+        "varlen": ["flash_attn", "triton", "flash_attn_4", "flashinfer", "xformers", "flex", "sdpa_flash",
+                   *_FALLBACKS],
         "paged": ["flash_attn", "triton", "flashinfer", "flex", "sdpa_flash", *_FALLBACKS],
     },
     "blackwell": {
-        "attention": ["flashinfer", "sdpa_cudnn", "flash_attn", "triton", "sdpa_flash", "flex",
+        "attention": ["flash_attn_4", "flashinfer", "sdpa_cudnn", "flash_attn", "triton", "sdpa_flash", "flex",
                       "xformers", *_FALLBACKS],
-        "varlen": ["flashinfer", "flash_attn", "triton", "flex", "xformers", "sdpa_cudnn", *_FALLBACKS],
-        "paged": ["flashinfer", "flash_attn", "triton", "flex", "sdpa_cudnn", *_FALLBACKS],
+        "varlen": ["flash_attn_4", "flashinfer", "flash_attn", "triton", "flex", "xformers", "sdpa_cudnn",
+                   *_FALLBACKS],
+        "paged": ["flashinfer", "flash_attn_4", "flash_attn", "triton", "flex", "sdpa_cudnn", *_FALLBACKS],
     },
     "pre_ampere": {
         "attention": ["xformers", "sdpa_efficient", "triton", "flex", "sdpa_math", "reference"],
@@ -112,6 +136,7 @@ def auto_order(req: Request) -> list[str]:
 _EXTRA_ALIASES = {
     "flash_attn": ("flash_attn", "flash_attn_2", "flashattn", "flash_attention", "fa2", "fa"),
     "flash_attn_3": ("fa3", "flash_attn3", "flashattn3", "flash_attention_3", "hopper", "flash_attn_interface"),
+    "flash_attn_4": ("fa4", "flash_attn4", "flashattn4", "flash_attention_4", "flash_attn_cute", "cute"),
     "flashinfer": ("flash_infer",),
     "xformers": ("xformers_attn", "xformers_memory_efficient", "memory_efficient_attention"),
     "triton": ("triton_attn", "anyattn_triton", "triton_attention"),
@@ -201,6 +226,9 @@ class Decision:
     preference: tuple[str, ...] | None
     chosen: str | None
     candidates: list[Candidate]
+    #: set when a tune file's measurement chose: {"bucket", "shape_bucket", "winner", "timings_ms",
+    #: "mode", "file"} (see anyattn.tune); None otherwise
+    measured: dict | None = None
 
     @property
     def strict(self) -> bool:
@@ -219,12 +247,15 @@ class Decision:
             "preference": list(self.preference) if self.preference else None,
             "chosen": self.chosen,
             "candidates": [c.to_dict() for c in self.candidates],
+            "measured": self.measured,
         }
 
     def summary(self) -> str:
         lines = [f"request: {self.request.describe()}",
                  f"selection: {self.source}" + (f" {','.join(self.preference)}" if self.preference else ""),
                  f"chosen: {self.chosen or 'none'}"]
+        if self.measured:
+            lines.append(f"measured: {_measured_line(self.measured)}")
         for c in self.candidates:
             text = "; ".join(c.reasons or c.notes)
             lines.append(f"  {c.name:15s} {c.status:14s} {text}")
@@ -236,8 +267,10 @@ class Decision:
     def __rich__(self):
         from rich.table import Table
 
-        table = Table(title=f"{self.request.describe()} -> {self.chosen or 'no backend'}",
-                      caption=f"selection: {self.source}" + (f" ({', '.join(self.preference)})" if self.preference else ""))
+        caption = f"selection: {self.source}" + (f" ({', '.join(self.preference)})" if self.preference else "")
+        if self.measured:
+            caption += f"\nmeasured: {_measured_line(self.measured)}"
+        table = Table(title=f"{self.request.describe()} -> {self.chosen or 'no backend'}", caption=caption)
         table.add_column("#", justify="right")
         table.add_column("backend")
         table.add_column("status")
@@ -296,23 +329,59 @@ def _evaluate(name: str, req: Request) -> Candidate:
     return Candidate(name, _status(b, reasons), reasons, notes, version)
 
 
-def decide(req: Request, preference: tuple[str, ...] | None = None, source: str = "automatic") -> Decision:
-    """Evaluate the candidates for ``req`` (uncached). Raises nothing; see ``Decision.chosen``."""
+def _measured_line(m: dict) -> str:
+    if "stale" in m:
+        return f"tune file ignored: {m['stale']} [{m['file']}]"
+    ts = sorted(((t, n) for n, t in m["timings_ms"].items() if t), key=lambda x: x[0])
+    near = "" if m["bucket"] == m["shape_bucket"] else f" (nearest measured to {m['shape_bucket']})"
+    return (f"anyattn tune chose {m['winner']} for bucket {m['bucket']}{near}, {m['mode']}: "
+            + ", ".join(f"{n} {t:.3f} ms" for t, n in ts) + f" [{m['file']}]")
+
+
+def _prepare(name: str) -> str | None:
+    """Let a backend that defers its import (flash_attn_4) import now; its failure as a reason."""
+    try:
+        prep = getattr(backends.get(name), "prepare", None)
+        return prep() if prep is not None else None
+    except Exception as exc:  # noqa: BLE001
+        from .backends.base import one_line
+
+        return one_line(exc)
+
+
+def decide(req: Request, preference: tuple[str, ...] | None = None, source: str = "automatic", *,
+           measured: dict | None = None, prepare: bool = False) -> Decision:
+    """Evaluate the candidates for ``req`` (uncached). Raises nothing; see ``Decision.chosen``.
+
+    ``measured`` (automatic selection only): a tune file's result for this call's bucket; its
+    winner is tried first. ``prepare``: import deferred backends before choosing them (calls do;
+    ``explain()`` does not, so it stays free of an 8 s import).
+    """
     if preference:
         order = list(preference)
         rest = [n for n in auto_order(req) if n not in preference]
     else:
         order, rest = auto_order(req), []
+        if measured and measured.get("winner") in order:
+            order = [measured["winner"]] + [n for n in order if n != measured["winner"]]
     candidates = []
     chosen = None
     for name in order:
         cand = _evaluate(name, req)
+        if cand.status == "usable" and chosen is None and prepare:
+            err = _prepare(name)
+            if err:
+                cand.status, cand.reasons, cand.notes = "unavailable", [f"unavailable: {err}"], []
         if cand.status == "usable":
             if chosen is None:
                 cand.status = "chosen"
                 chosen = name
+                if measured and name == measured.get("winner"):
+                    cand.notes.insert(0, f"measured fastest here ({_measured_line(measured)})")
             else:
-                cand.notes.insert(0, f"could serve; ranked after {chosen}")
+                t = (measured or {}).get("timings_ms", {}).get(name)
+                cand.notes.insert(0, f"could serve; measured {t:.3f} ms" if t else
+                                  f"could serve; ranked after {chosen}")
         candidates.append(cand)
     for name in rest:  # explained, but a forced choice never falls back to them
         cand = _evaluate(name, req)
@@ -320,15 +389,22 @@ def decide(req: Request, preference: tuple[str, ...] | None = None, source: str 
             cand.status = "not requested"
             cand.notes.insert(0, "could serve, but was not in the requested list")
         candidates.append(cand)
-    return Decision(req, source, preference, chosen, candidates)
+    return Decision(req, source, preference, chosen, candidates,
+                    measured if (measured and chosen == measured.get("winner")) else None)
 
 
 _cache: dict = {}
 
 
 def clear_cache() -> None:
-    """Forget cached decisions (after installing a package, changing ANYATTN_BACKEND...)."""
+    """Forget cached decisions (after installing a package, changing ANYATTN_BACKEND, running
+    ``anyattn tune``...)."""
     _cache.clear()
+    import sys
+
+    tune = sys.modules.get(__package__ + ".tune")
+    if tune is not None:
+        tune.forget()
 
 
 def current_preference(explicit) -> tuple[object, str]:
@@ -379,7 +455,7 @@ def select_preference(req: Request, raw, source: str = "automatic"):
         return hit
     pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
                                      else parse_preference(raw))
-    decision = decide(req, pref, source)
+    decision = decide(req, pref, source, prepare=True)
     if decision.chosen is None:
         raise NoBackendError(decision)
     log.info("anyattn: %s -> %s (%s)", req.describe(), decision.chosen, source)
@@ -388,14 +464,67 @@ def select_preference(req: Request, raw, source: str = "automatic"):
             if c.reasons:
                 log.debug("anyattn:   %s %s: %s", c.name, c.status, "; ".join(c.reasons))
     backend = backends.get(decision.chosen)
+    if raw is None:
+        backend = _tuned(req, backend)
     _cache[key] = backend
     return backend
 
 
-def explain_request(req: Request, explicit=None) -> Decision:
+def _tuned(req: Request, default):
+    """With a tune file for this device that measured ``req``: a per-bucket dispatcher, else ``default``.
+
+    Runs once per request signature (on a decision-cache miss), so the common path never pays
+    for it; the dispatcher's own cost is a few integer operations and a dict lookup per call.
+    """
+    from . import tune
+
+    try:
+        hit = tune.measured_for(req, None)
+        if hit is None:
+            return default
+        table = hit[0]
+        sig = tune.signature(req)
+        by_bucket = {}
+        for b, entry in table.entries.get(sig, {}).items():
+            name = entry.winner
+            if name == default.name:
+                by_bucket[b] = default
+            elif name in backends.names() and _evaluate(name, req).status == "usable" and _prepare(name) is None:
+                by_bucket[b] = backends.get(name)
+        if not by_bucket:
+            return default
+        log.info("anyattn: %s -> measured choice per bucket (%s)", req.describe(),
+                 ", ".join(f"{tune.bucket_name(b)}: {be.name}" for b, be in sorted(by_bucket.items())))
+        return tune.TunedChoice(default, by_bucket, table, sig)
+    except Exception as exc:  # noqa: BLE001 - a broken tune file must never take a call down
+        log.debug("anyattn: tune file ignored: %s", exc)
+        return default
+
+
+def explain_request(req: Request, explicit=None, bucket: tuple[int, int, int] | None = None) -> Decision:
+    """The decision for ``req``; with the call's ``bucket``, a tune file's measurement is shown/used."""
     raw, source = current_preference(explicit)
     pref = None if raw is None else parse_preference(raw)
-    return decide(req, pref, source)
+    measured = None
+    if raw is None and bucket is not None:
+        from . import tune
+
+        try:
+            hit = tune.measured_for(req, bucket)
+        except Exception:  # noqa: BLE001
+            hit = None
+        if hit is not None:
+            table, used, entry = hit
+            measured = {"bucket": tune.bucket_name(used), "shape_bucket": tune.bucket_name(bucket),
+                        "winner": entry.winner, "timings_ms": dict(entry.timings_ms), "mode": entry.mode,
+                        "file": str(table.path)}
+        else:
+            table = tune.table_for(req.device_type, req.device_index) if req.device_type in ("cuda", "cpu") else None
+            if table is not None and table.stale:
+                d = decide(req, pref, source)
+                d.measured = {"stale": table.stale, "file": str(table.path)}
+                return d
+    return decide(req, pref, source, measured=measured)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,9 +557,12 @@ def describe_request(*, op: str = "attention", dtype="bfloat16", head_dim: int =
                    block_size=block_size if op == "paged" else None)
 
 
-def decide_for(*, backend=None, **described) -> Decision:
-    """The decision for a described request (see :func:`describe_request`) on this machine."""
-    return explain_request(describe_request(**described), backend)
+def decide_for(*, backend=None, bucket=None, **described) -> Decision:
+    """The decision for a described request (see :func:`describe_request`) on this machine.
+
+    ``bucket`` (from :func:`anyattn.tune.bucket`) lets a tune file's measurement decide, as for a call.
+    """
+    return explain_request(describe_request(**described), backend, bucket=bucket)
 
 
 @dataclass

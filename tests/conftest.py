@@ -4,6 +4,10 @@ import os
 # (torch's unfused path, same math) except where a test opts back in.
 os.environ.setdefault("ANYATTN_FLEX_COMPILE", "0")
 os.environ.pop("ANYATTN_BACKEND", None)
+# A tune file in the user's ~/.cache/anyattn must not steer the suite's automatic selection.
+import tempfile  # noqa: E402
+
+os.environ["ANYATTN_CACHE_DIR"] = tempfile.mkdtemp(prefix="anyattn-test-cache-")
 
 import pytest  # noqa: E402
 

@@ -41,7 +41,8 @@ def test_which_json_schema_and_reasons():
     r = run("which", "--dtype", "fp32", "--head-dim", "64", "--causal", "--softcap", "30", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert set(d) == {"request", "source", "preference", "chosen", "candidates"}
+    assert set(d) == {"request", "source", "preference", "chosen", "candidates", "measured"}
+    assert d["measured"] is None  # no tune file in this environment
     assert d["request"]["head_dim"] == 64 and d["request"]["softcap"] is True and d["request"]["dtype"] == "float32"
     assert d["source"] == "automatic" and d["chosen"] == "flex"
     for c in d["candidates"]:
@@ -81,5 +82,5 @@ def test_which_human_table_paged():
 
 def test_help_lists_every_command():
     r = run("--help")
-    for cmd in ("backends", "which", "doctor", "explain", "plan", "bench"):
+    for cmd in ("backends", "which", "doctor", "explain", "plan", "bench", "tune"):
         assert cmd in r.stdout

@@ -1,13 +1,17 @@
 """GPU suite for the vendor adapters: every installed vendor backend vs the reference.
 
-For each of flash_attn, flash_attn_3, flashinfer and xformers that is installed, every op
+For each of flash_attn_4, flash_attn, flash_attn_3, flashinfer and xformers that is installed, every op
 (attention, varlen, paged) and feature combination is built as real CUDA tensors; if the backend's
 own reasons say it cannot serve the call the case is skipped with those reasons (what it does not
 claim is not tested), otherwise it is forced (strict) and compared with the reference backend.
-Absent packages skip cleanly. Run with ``pytest -m gpu tests/test_gpu_vendor.py``.
+Backward: every backend that claims ``grad`` is differentiated (q, k, v and the sink logits) and
+compared with the reference's gradients. Absent packages skip cleanly. Run with
+``pytest -m gpu tests/test_gpu_vendor.py`` (``-rP`` also prints the first-call / JIT times).
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -17,11 +21,12 @@ from anyattn import backends, selector
 from anyattn import request as rq
 from anyattn.backends.reference import ReferenceBackend
 from tests import inputs
+from tests.inputs import rel_err
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-VENDOR = ("flash_attn", "flash_attn_3", "flashinfer", "xformers")
+VENDOR = ("flash_attn_4", "flash_attn", "flash_attn_3", "flashinfer", "xformers")
 REF = ReferenceBackend()
 DEV = "cuda"
 
@@ -155,3 +160,143 @@ def test_reasons_never_raise_and_explain(name):
     decision = selector.decide_for(dtype="bfloat16", head_dim=128, causal=True)
     cand = {c.name: c for c in decision.candidates}
     assert name in cand and decision.chosen is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward (fwd + bwd) against the reference's autograd, in fp32 from the same bf16 inputs
+# ----------------------------------------------------------------------------------------------
+GRAD_FEATURES = ("plain", "causal", "gqa", "window", "window_both", "softcap", "sinks", "lse", "everything")
+
+
+def _grads(fn, tensors, lse_weight):
+    for t in tensors:
+        t.grad = None
+    res = fn()
+    o, lse = res if isinstance(res, tuple) else (res, None)
+    g = torch.Generator(device="cpu").manual_seed(7)
+    w = torch.randn(o.shape, generator=g).to(o.device)
+    loss = (o.float() * w).sum() + (lse.float().nan_to_num(neginf=0.0).sum() * lse_weight if lse is not None else 0)
+    loss.backward()
+    return o.detach().float(), [t.grad.detach().float().clone() for t in tensors]
+
+
+def _leafs(*ts):
+    return [t.detach().clone().requires_grad_() for t in ts]
+
+
+@pytest.mark.parametrize("feat", GRAD_FEATURES)
+@pytest.mark.parametrize("op", ["attention", "varlen"])
+@pytest.mark.parametrize("name", VENDOR)
+def test_backward(name, op, feat):
+    b = _backend_or_skip(name)
+    dt, dev = torch.bfloat16, DEV
+    hkv = 2 if FEATURES[feat].get("gqa") else 8
+    opts, _ = _options(feat, 8, dev)
+    if op == "attention":
+        q, k, v = _leafs(*inputs.dense(b=2, sq=97, sk=131, hq=8, hkv=hkv, d=128, dtype=dt, device=dev, seed=11))
+        sink = _leafs(opts["sinks"])[0] if opts["sinks"] is not None else None
+        req = rq.dense_request(q, k, v, scale=None, out=None, **{**opts, "sinks": sink})[0]
+        _skip_unless_claimed(b, req)
+
+        def run(be, q=q, k=k, v=v, sink=sink):
+            return anyattn.attention(q, k, v, backend=be, **{**opts, "sinks": sink})
+    else:
+        lq, lk = [17, 0, 64, 5], [33, 4, 64, 40]
+        q0, k0, v0, cq, ck = inputs.varlen(lq, lk, hq=8, hkv=hkv, d=128, dtype=dt, device=dev, seed=12)
+        q, k, v = _leafs(q0, k0, v0)
+        sink = _leafs(opts["sinks"])[0] if opts["sinks"] is not None else None
+        req = rq.varlen_request(q, k, v, cq, ck, max(lq), max(lk), scale=None, out=None,
+                                **{**opts, "sinks": sink})[0]
+        _skip_unless_claimed(b, req)
+
+        def run(be, q=q, k=k, v=v, sink=sink):
+            return anyattn.varlen_attention(q, k, v, cq, ck, max(lq), max(lk), backend=be, **{**opts, "sinks": sink})
+    tensors = [t for t in (q, k, v, sink) if t is not None]
+    lse_w = 0.5 if opts["return_lse"] else 0.0
+    o, grads = _grads(lambda: run(name), tensors, lse_w)
+    wo, wgrads = _grads(lambda: run("reference"), tensors, lse_w)
+    assert rel_err(o, wo) < 1e-2
+    for label, g, w in zip(("dq", "dk", "dv", "dsinks"), grads, wgrads):
+        assert torch.isfinite(g).all(), f"{label} has non-finite values"
+        assert rel_err(g, w) < 2e-2, f"{name} {op} {feat}: {label} relative error {rel_err(g, w):.3g}"
+
+
+HEAD_DIMS = ((64, 64), (96, 96), (256, 256), (192, 128), (128, 64))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("dims", HEAD_DIMS, ids=[f"d{a}-dv{b}" for a, b in HEAD_DIMS])
+@pytest.mark.parametrize("name", VENDOR)
+def test_head_dims(name, dims, grad):
+    b = _backend_or_skip(name)
+    d, dv = dims
+    q, k, v = inputs.dense(b=2, sq=77, sk=77, hq=4, hkv=2, d=d, dv=dv, dtype=torch.bfloat16, device=DEV, seed=13)
+    if grad:
+        q, k, v = _leafs(q, k, v)
+    req = rq.dense_request(q, k, v, causal=True, scale=None, window=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           sinks=None, return_lse=False, out=None)[0]
+    _skip_unless_claimed(b, req)
+    common = dict(causal=True)
+    if not grad:
+        got = anyattn.attention(q, k, v, backend=name, **common)
+        want = anyattn.attention(q, k, v, backend="reference", **common)
+        assert rel_err(got, want) < 1e-2
+        return
+    o, grads = _grads(lambda: anyattn.attention(q, k, v, backend=name, **common), [q, k, v], 0.0)
+    wo, wgrads = _grads(lambda: anyattn.attention(q, k, v, backend="reference", **common), [q, k, v], 0.0)
+    assert rel_err(o, wo) < 1e-2
+    for g, w in zip(grads, wgrads):
+        assert rel_err(g, w) < 2e-2
+
+
+@pytest.mark.parametrize("bs", [16, 64, 128])
+@pytest.mark.parametrize("name", VENDOR)
+def test_paged_block_sizes(name, bs):
+    """Every page size a backend claims, including FA4's TMA path (page = its 128-key tile)."""
+    b = _backend_or_skip(name)
+    q, kc, vc, table, su, _, _ = inputs.paged([300, 17, 520, 128], block_size=bs, hq=8, hkv=2, d=128,
+                                              dtype=torch.bfloat16, device=DEV, seed=14)
+    req = rq.paged_request(q, kc, vc, table, su, cu_seqlens_q=None, max_seqlen_q=1, max_seqlen_k=None, causal=True,
+                           scale=None, window=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None, return_lse=True,
+                           out=None)[0]
+    _skip_unless_claimed(b, req)
+    got = anyattn.paged_attention(q, kc, vc, table, su, return_lse=True, backend=name)
+    want = REF.paged(q, kc, vc, table, su, cu_seqlens_q=None, max_seqlen_q=1, max_seqlen_k=None, causal=True,
+                     scale=128 ** -0.5, window=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None, return_lse=True,
+                     out=None)
+    _check(got, want, torch.bfloat16, True)
+
+
+@pytest.mark.parametrize("name", ["flash_attn_4", "flashinfer"])
+def test_first_call_costs(name):
+    """Import and first-call (JIT compile) times, printed for docs/PERF.md; results checked too."""
+    b = backends.get(name)
+    t0 = time.perf_counter()
+    if not b.availability().usable:
+        pytest.skip(f"{name}: {b.availability().error or 'not installed'}")
+    prep = getattr(b, "prepare", None)
+    err = prep() if prep else None
+    if err:
+        pytest.skip(f"{name}: {err}")
+    _ = b.lib
+    t_import = time.perf_counter() - t0
+    report = {"import_s": round(t_import, 2)}
+    q, k, v = inputs.dense(b=1, sq=1024, sk=1024, hq=16, hkv=4, d=128, dtype=torch.bfloat16, device=DEV, seed=15)
+    for label, fn in (("prefill_first_call_s", lambda: anyattn.attention(q, k, v, causal=True, backend=name)),
+                      ("prefill_second_call_s", lambda: anyattn.attention(q, k, v, causal=True, backend=name))):
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        report[label] = round(time.perf_counter() - t0, 3)
+    want = anyattn.attention(q, k, v, causal=True, backend="reference")
+    assert rel_err(out, want) < 1e-2
+    qd, kc, vc, table, su, _, _ = inputs.paged([4000, 333, 1000], block_size=16, hq=16, hkv=4, d=128,
+                                               dtype=torch.bfloat16, device=DEV, seed=16)
+    for label in ("decode_first_call_s", "decode_second_call_s"):
+        t0 = time.perf_counter()
+        out = anyattn.paged_attention(qd, kc, vc, table, su, backend=name)
+        torch.cuda.synchronize()
+        report[label] = round(time.perf_counter() - t0, 3)
+    want = anyattn.paged_attention(qd, kc, vc, table, su, backend="reference")
+    assert rel_err(out, want) < 1e-2
+    print(f"\n{name} {b.version()} cold start: {report}")

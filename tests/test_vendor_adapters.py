@@ -30,7 +30,7 @@ from anyattn.request import Request
 from tests import inputs
 
 REF = ReferenceBackend()
-VENDOR = ("flash_attn", "flash_attn_3", "flashinfer", "xformers")
+VENDOR = ("flash_attn", "flash_attn_3", "flashinfer", "xformers", "flash_attn_4")
 STAND_IN_MODULES = ("flash_attn", "flash_attn_interface", "flashinfer", "xformers", "xformers.ops",
                     "xformers.ops.fmha", "xformers.ops.fmha.attn_bias", "xformers.ops.fmha.common",
                     "xformers.ops.fmha.dispatch")
@@ -564,10 +564,16 @@ def _nan_empty(o, lse):
 
 
 def make_flashinfer(calls):
-    def single_prefill_with_kv_cache(q, k, v, custom_mask=None, packed_custom_mask=None, causal=False,
+    """flashinfer-python 0.7.2.post1's signatures (scale_q.. o_dtype come before custom_mask in
+    single_prefill; run() takes everything after its tensors by keyword; BatchDecode's plan() takes
+    its options only by keyword: positional ones are deprecated and warn)."""
+
+    def single_prefill_with_kv_cache(q, k, v, scale_q=None, scale_k=None, scale_v=None, o_dtype=None,
+                                     custom_mask=None, packed_custom_mask=None, causal=False,
                                      kv_layout="NHD", pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
                                      sm_scale=None, window_left=-1, logits_soft_cap=None, rope_scale=None,
-                                     rope_theta=None, return_lse=False):
+                                     rope_theta=None, backend="auto", return_lse=False, kv_cache_sf=None,
+                                     k_scale=None, v_scale=None):
         calls.append(("single", dict(q=q, k=k, v=v, causal=causal, kv_layout=kv_layout, sm_scale=sm_scale,
                                      window_left=window_left, logits_soft_cap=logits_soft_cap,
                                      pos_encoding_mode=pos_encoding_mode, return_lse=return_lse)))
@@ -580,23 +586,31 @@ def make_flashinfer(calls):
         return (o, _fi_lse(lse)) if return_lse else o
 
     class _Wrapper:
-        def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, use_tensor_cores=False):
-            assert float_workspace_buffer.dtype == torch.uint8 and kv_layout == "NHD"
-            self.ctor = dict(workspace=float_workspace_buffer, use_tensor_cores=use_tensor_cores)
+        def __init__(self, float_workspace_buffer, kv_layout="NHD", use_cuda_graph=False, *rest, backend="auto",
+                     **kw):
+            assert float_workspace_buffer.dtype == torch.uint8 and kv_layout == "NHD" and not rest
+            assert not use_cuda_graph
+            self.ctor = dict(workspace=float_workspace_buffer, use_tensor_cores=kw.get("use_tensor_cores", False))
             self.planned = None
 
     class BatchPrefillWithRaggedKVCacheWrapper(_Wrapper):
         def plan(self, qo_indptr, kv_indptr, num_qo_heads, num_kv_heads, head_dim_qk, head_dim_vo=None,
                  custom_mask=None, packed_custom_mask=None, causal=False, pos_encoding_mode="NONE",
                  use_fp16_qk_reduction=False, window_left=-1, logits_soft_cap=None, sm_scale=None,
-                 rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None):
+                 rope_scale=None, rope_theta=None, q_data_type="float16", kv_data_type=None, o_data_type=None,
+                 non_blocking=True, prefix_len_ptr=None, token_pos_in_items_ptr=None, token_pos_in_items_len=0,
+                 max_item_len_ptr=None, fixed_split_size=None, disable_split_kv=False, seq_lens=None,
+                 seq_lens_q=None, max_token_per_sequence=None, max_sequence_kv=None, v_indptr=None, o_indptr=None,
+                 uniform_q_len=None):
             self.planned = dict(qo_indptr=qo_indptr, kv_indptr=kv_indptr, num_qo_heads=num_qo_heads,
                                 num_kv_heads=num_kv_heads, head_dim=head_dim_qk, causal=causal,
                                 window_left=window_left, logits_soft_cap=logits_soft_cap, sm_scale=sm_scale,
                                 q_data_type=q_data_type)
             calls.append(("ragged.plan", self.planned))
 
-        def run(self, q, k, v, out=None, lse=None, return_lse=False):
+        def run(self, q, k, v, *args, q_scale=None, k_scale=None, v_scale=None, o_scale=None, out=None, lse=None,
+                return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, kv_cache_sf=None):
+            assert not args and lse_base == "log2" and lse_layout == "NH"
             p = self.planned
             assert p is not None, "run() before plan()"
             qi, ki = p["qo_indptr"].to(q.device), p["kv_indptr"].to(q.device)
@@ -624,13 +638,20 @@ def make_flashinfer(calls):
                  num_kv_heads, head_dim_qk, page_size, head_dim_vo=None, custom_mask=None,
                  packed_custom_mask=None, causal=False, pos_encoding_mode="NONE", use_fp16_qk_reduction=False,
                  sm_scale=None, window_left=-1, logits_soft_cap=None, rope_scale=None, rope_theta=None,
-                 q_data_type="float16", kv_data_type=None):
+                 q_data_type="float16", kv_data_type=None, o_data_type=None, non_blocking=True,
+                 prefix_len_ptr=None, token_pos_in_items_ptr=None, token_pos_in_items_len=0, max_item_len_ptr=None,
+                 seq_lens=None, seq_lens_q=None, block_tables=None, max_token_per_sequence=None,
+                 max_sequence_kv=None, fixed_split_size=None, disable_split_kv=False, uniform_q_len=None):
             self.planned = dict(qo_indptr=qo_indptr, indptr=paged_kv_indptr, indices=paged_kv_indices,
                                 last=paged_kv_last_page_len, page_size=page_size, causal=causal,
                                 window_left=window_left, logits_soft_cap=logits_soft_cap, sm_scale=sm_scale)
             calls.append(("paged_prefill.plan", self.planned))
 
-        def run(self, q, paged_kv_cache, out=None, lse=None, return_lse=False):
+        def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
+                return_lse=False, lse_base="log2", lse_layout="NH", enable_pdl=None, window_left=None, sinks=None,
+                kv_cache_sf=None, skip_softmax_threshold_scale_factor=None, use_fp16_softmax=None,
+                uses_spcompress=None):
+            assert not args and sinks is None and lse_base == "log2"
             p = self.planned
             kc, vc = paged_kv_cache
             table, used = _table_from_csr(p["indptr"], p["indices"], p["last"], p["page_size"])
@@ -645,14 +666,28 @@ def make_flashinfer(calls):
 
     class BatchDecodeWithPagedKVCacheWrapper(_Wrapper):
         def plan(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size,
-                 pos_encoding_mode="NONE", window_left=-1, logits_soft_cap=None, q_data_type="float16",
-                 kv_data_type=None, data_type=None, sm_scale=None, rope_scale=None, rope_theta=None):
+                 *deprecated_positional_args, **kwargs):
+            # 0.7.2: optional arguments after page_size given positionally are deprecated (they warn
+            # and are scheduled for removal): the adapter must pass them by keyword.
+            assert not deprecated_positional_args, "BatchDecode plan(): optional arguments passed positionally"
+            return self._plan_impl(indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim,
+                                   page_size, **kwargs)
+
+        def _plan_impl(self, indptr, indices, last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, *,
+                       pos_encoding_mode="NONE", window_left=-1, window_right=0, logits_soft_cap=None,
+                       q_data_type="float16", kv_data_type=None, o_data_type=None, data_type=None, sm_scale=None,
+                       rope_scale=None, rope_theta=None, non_blocking=True, block_tables=None, seq_lens=None,
+                       fixed_split_size=None, disable_split_kv=False, q_len_per_req=1, is_causal=None):
+            assert window_right == 0 and q_len_per_req == 1 and data_type is None
             self.planned = dict(indptr=indptr, indices=indices, last=last_page_len, page_size=page_size,
                                 window_left=window_left, logits_soft_cap=logits_soft_cap, sm_scale=sm_scale,
                                 num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads)
             calls.append(("decode.plan", self.planned))
 
-        def run(self, q, paged_kv_cache, out=None, lse=None, return_lse=False):
+        def run(self, q, paged_kv_cache, *args, q_scale=None, k_scale=None, v_scale=None, out=None, lse=None,
+                return_lse=False, enable_pdl=None, window_left=None, sinks=None, q_len_per_req=None,
+                skip_softmax_threshold_scale_factor=None, kv_cache_sf=None):
+            assert not args and sinks is None and q_len_per_req is None
             p = self.planned
             kc, vc = paged_kv_cache
             table, used = _table_from_csr(p["indptr"], p["indices"], p["last"], p["page_size"])
@@ -671,7 +706,7 @@ def make_flashinfer(calls):
 def fi(monkeypatch):
     calls = []
     install(monkeypatch, make_flashinfer(calls))
-    set_version(monkeypatch, "0.2.14")
+    set_version(monkeypatch, "0.7.2.post1")
     return backends.get("flashinfer"), calls
 
 
@@ -1102,6 +1137,7 @@ def test_registry_names_and_aliases():
         b = backends.get(name)
         assert b.name == name and b.caps.devices == frozenset({"cuda"})
     for alias, canonical in (("FLASH_ATTN", "flash_attn"), ("fa3", "flash_attn_3"), ("FLASHINFER", "flashinfer"),
+                             ("FLASH_ATTN_4", "flash_attn_4"), ("fa4", "flash_attn_4"),
                              ("flash-attn", "flash_attn"), ("XFORMERS", "xformers")):
         assert selector.resolve_name(alias) == canonical
 
@@ -1112,4 +1148,5 @@ def test_not_installed_reason_and_no_import_on_cpu():
         assert b.reasons(req())[0].startswith("not installed")
     q, k, v = inputs.dense(b=1, sq=3, sk=3, hq=2, hkv=2, d=8)
     anyattn.attention(q, k, v)
-    assert not any(m in sys.modules for m in ("flash_attn", "flash_attn_interface", "flashinfer", "xformers"))
+    assert not any(m in sys.modules for m in ("flash_attn", "flash_attn.cute", "flash_attn_interface", "flashinfer",
+                                             "xformers"))

@@ -1,7 +1,7 @@
 """The backend registry: every backend anyattn knows, by canonical name.
 
 Adapter modules here import only torch at module level; the optional package each one wraps
-(flash_attn, flashinfer, xformers, triton) is imported on first use, inside the adapter.
+(flash_attn, flash_attn.cute, flashinfer, xformers, triton) is imported on first use, inside the adapter.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from .base import Backend
 # canonical name -> (module, class). Order here is only the listing order of `anyattn backends`;
 # the automatic ranking lives in anyattn.selector.AUTO_ORDER.
 _REGISTRY: dict[str, tuple[str, str]] = {
+    "flash_attn_4": ("flash_attn_4", "FlashAttn4Backend"),
     "flash_attn_3": ("flash_attn_3", "FlashAttn3Backend"),
     "flash_attn": ("flash_attn", "FlashAttnBackend"),
     "flashinfer": ("flashinfer", "FlashInferBackend"),

@@ -111,7 +111,8 @@ def required_features(req: Request) -> list[str]:
 class Availability:
     installed: bool
     version: str | None = None
-    error: str | None = None  # one-line cause when installed but not importable
+    error: str | None = None  # one-line cause when installed but not importable (or, when not
+    # installed, what was found in its place: e.g. another package's module of the same name)
 
     @property
     def usable(self) -> bool:
@@ -186,7 +187,9 @@ class Backend:
             return out
         avail = self.availability()
         if not avail.installed:
-            hint = f" ({self.install_hint})" if self.install_hint else ""
+            # error, when set on a not-installed backend, says what was found instead
+            detail = avail.error or self.install_hint
+            hint = f" ({detail})" if detail else ""
             return [f"not installed{hint}"] + out
         if avail.error:
             return [f"unavailable: {avail.error}"] + out

@@ -19,6 +19,9 @@ What the package does, by version (checked against the installed distribution's 
   ``(H, total_q)`` from 2.6.0 and per-sequence padded ``(B, H, max_seqlen_q)`` before; both are
   converted. A row that sees no key has output 0 and lse ``+inf`` in flash-attn; anyattn reports
   ``-inf``.
+* FlashAttention-4 (flash-attn-4) also installs into ``flash_attn`` (only ``flash_attn/cute``, no
+  ``__init__.py``, no ``flash_attn_2_cuda``): a ``flash_attn`` like that is reported as
+  "not installed" here, with what was found; the reverse check lives in ``flash_attn_4.py``.
 * No sinks in the kernel: they are folded in from the lse. No ``out=`` in the Python API: the
   result is copied into ``out``. The kernels need a contiguous last dim (flash-attn copies
   otherwise); other strides are passed through as views.
@@ -26,11 +29,13 @@ What the package does, by version (checked against the installed distribution's 
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from ..request import Request
 from . import _vendor as V
-from .base import HeadDims, caps
+from .base import Availability, HeadDims, caps
 
 PAGE_MULTIPLE = 256
 
@@ -57,6 +62,19 @@ class FlashAttnBackend(V.VendorBackend):
         block_sizes=lambda bs: bs % PAGE_MULTIPLE == 0,
         block_size_rule=f"upstream flash-attn's paged KV needs a multiple of {PAGE_MULTIPLE}",
     )
+
+    def _probe(self):
+        # FlashAttention-4 (flash-attn-4) installs flash_attn/cute with no flash_attn/__init__.py and no
+        # flash_attn_2_cuda: such a flash_attn is not FlashAttention-2, whatever `import flash_attn` does.
+        from .flash_attn_4 import fa4_interface_dir
+
+        if importlib.util.find_spec("flash_attn_2_cuda") is None and fa4_interface_dir() is not None:
+            fa4 = V.installed_version(("flash-attn-4", "flash_attn_4"))
+            return Availability(installed=False, error=(
+                f"the flash_attn package here is FlashAttention-4's flash_attn.cute (flash-attn-4 {fa4 or '?'}) "
+                "without flash_attn_2_cuda; FlashAttention-2 is a separate install: "
+                "pip install flash-attn --no-build-isolation"))
+        return super()._probe()
 
     def load(self):
         import flash_attn  # noqa: F401  (imports flash_attn_2_cuda: an ABI mismatch fails here)

@@ -17,6 +17,19 @@ Ops and what each costs:
   wrappers with ``use_cuda_graph=True`` directly and plan outside the graph.
 * Wrappers share one 128 MiB workspace per device, allocated on first use.
 
+Checked against flashinfer-python 0.7.2.post1 (signatures moved between releases; anyattn passes
+everything after the tensors and the plan's sizes by keyword, which every release since 0.2
+accepts): ``single_prefill_with_kv_cache`` gained ``scale_q/scale_k/scale_v/o_dtype`` before
+``custom_mask`` and allocates a 32 MiB scratch per call (torch's caching allocator);
+``BatchDecodeWithPagedKVCacheWrapper.plan()`` takes its options by keyword only (positional ones
+are deprecated and warn); ``run()`` everywhere takes ``out=``, ``lse_base``/``lse_layout`` and, for
+decode and paged prefill, ``sinks=`` — anyattn keeps its exact sink fold through the lse so every
+path behaves the same. On Hopper ``plan()`` picks FlashInfer's fa3 backend for head dims 64, 128
+and 256. Kernels JIT-compile with the machine's nvcc on first use unless ``flashinfer-cubin`` and
+``flashinfer-jit-cache`` of exactly the same version are installed; ``import flashinfer`` itself
+needs ``nvidia-ml-py`` (pynvml), ``requests`` and ``tqdm`` (a missing one is an ``unavailable``
+reason with the ImportError).
+
 Semantics: causal is bottom-right aligned; windows bound the left side only (``window_left``):
 ``(left, -1)``, ``(left, 0)`` (= causal), anything with causal=True, and anything in decode map
 exactly; a right bound > 0 without causal does not: the selector routes such calls elsewhere

@@ -34,7 +34,8 @@ def _load_or_collect(path: Optional[str], probe: bool, progress_console=None, ti
 
 def cmd_doctor(args) -> int:
     try:
-        from . import checks, report
+        from . import checks, recent, report
+        recent.install()  # the selector's warnings during this run go into the bundle
         err = _stderr_console()
         f = _load_or_collect(args.facts, probe=not args.no_probe, progress_console=None if args.json else err,
                              timeout=args.timeout)
@@ -44,6 +45,10 @@ def cmd_doctor(args) -> int:
         findings = checks.run_checks(f)
         code = checks.exit_code(findings)
         backends = report.backend_summary(f)
+        if getattr(args, "bundle", None):
+            from . import bundle
+            bundle.write(args.bundle, f, findings, backends, recent.recent())
+            err.print(f"bug-report bundle written to {args.bundle} (secrets and home paths redacted): attach it to the issue")
         if args.json:
             print(json.dumps(report.to_json_dict(f, findings, backends, code), indent=2, default=str))
         else:
@@ -107,6 +112,8 @@ def register(subparsers) -> None:
     d.add_argument("--facts", metavar="FILE", help="run the checks on facts saved on another machine")
     d.add_argument("--no-probe", action="store_true", help="skip the subprocess import probes (faster)")
     d.add_argument("--timeout", type=float, default=60.0, help="seconds per import probe (default 60)")
+    d.add_argument("--bundle", metavar="FILE",
+                   help="also write a bug-report bundle (Markdown, or JSON if FILE ends in .json), secrets redacted")
     d.set_defaults(func=cmd_doctor)
 
     e = subparsers.add_parser("explain", help="recognise an error log and give the cause and the fix",
@@ -116,9 +123,9 @@ def register(subparsers) -> None:
     e.add_argument("--facts", metavar="FILE", help="explain against saved facts instead of this machine")
     e.set_defaults(func=cmd_explain)
 
-    p = subparsers.add_parser("plan", help="plan an install that works: flash-attn | flashinfer | xformers",
+    p = subparsers.add_parser("plan", help="plan an install that works: flash-attn | flash-attn-4 | flashinfer | xformers",
                               description="The exact wheel (or a sized source build) for this machine or a target.")
-    p.add_argument("package", choices=["flash-attn", "flashinfer", "xformers"])
+    p.add_argument("package", choices=["flash-attn", "flash-attn-4", "flashinfer", "xformers"])
     p.add_argument("--version", metavar="V", help="package version (flash-attn default: latest known)")
     p.add_argument("--available", metavar="FILE", help="file of release asset names to pick from")
     p.add_argument("--json", action="store_true")

@@ -105,15 +105,25 @@ def match(text: str) -> List[Dict[str, Any]]:
                 for k, v in m.groupdict().items():
                     if v and k not in groups:
                         groups[k] = v.strip()
-            first = min(found, key=lambda m: m.start()) if found else None
-            # the line that carries the specifics, else the earliest match
-            keym = next((m for m in found if m.groupdict() and any(m.groupdict().values())), first)
+            # the evidence: the line that carries the specifics, else the cause itself (an ``all``
+            # pattern such as the bare "Killed"), not the context that only confirms it (``any``)
+            primary = found[len(found) - len(rule["all"])] if rule["all"] and rule["any"] else \
+                (min(found, key=lambda m: m.start()) if found else None)
+            keym = primary if rule["all"] else \
+                next((m for m in found if m.groupdict() and any(m.groupdict().values())), primary)
             if grp:
                 groups_seen.add(grp)
             out.append({"id": entry["sig"]["id"], "title": entry["sig"]["title"],
                         "line": _line_at(text, keym.start()) if keym else "",
                         "line_no": text.count("\n", 0, keym.start()) + 1 if keym else None, "extracted": groups})
             break
+    # Several causes: in the order the log shows them (the first error is usually the root cause, later
+    # ones its consequences); causes evidenced on the same line keep the table's order (most specific first).
+    for rank, r in enumerate(out):
+        r["_rank"] = rank
+    out.sort(key=lambda r: (r["line_no"] or 0, r["_rank"]))
+    for r in out:
+        r.pop("_rank", None)
     return out
 
 
@@ -433,6 +443,15 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
     return v
 
 
+# Failures of building or installing a kernel package: their explanation starts with what already
+# runs here with nothing to build (anyattn's Triton kernels, cuDNN through torch, FA4 from a wheel).
+BUILD_FAILURE_IDS = frozenset((
+    "cuda_home_missing", "build_isolation", "wheel_tag_mismatch", "abi_mismatch", "torch_version_skew", "build_oom",
+    "missing_cuda_headers", "nvcc_torch_cuda_mismatch", "gpu_arch_unsupported", "vllm_fa_not_built", "flashinfer_jit",
+    "xformers_built_for_other_torch", "hollow_install", "glibcxx_too_old", "cuda_runtime_lib_missing",
+    "python_headers_missing", "gpu_newer_than_wheel", "wrong_python", "undefined_symbol", "cuda_runtime_too_old"))
+
+
 def rerank(raw: List[Dict[str, Any]], facts) -> List[Dict[str, Any]]:
     """Use the machine's facts where the log alone cannot tell two causes apart.
 
@@ -490,7 +509,11 @@ def explain_text(text: str, facts=None) -> Dict[str, Any]:
                         "evidence": {"line": r["line"], "line_no": r.get("line_no"), "extracted": r["extracted"],
                                      "facts": ev_facts, "from_facts": bool(r.get("from_facts"))}})
     lines = (text or "").count("\n") + (1 if text else 0)
-    return {"recognised": bool(matches), "matches": matches, "lines": lines,
+    runs = []
+    if matches and matches[0]["id"] in BUILD_FAILURE_IDS and facts is not None:
+        from . import stack as _stack
+        runs = _stack.runs_here(facts)
+    return {"recognised": bool(matches), "runs_here": runs, "matches": matches, "lines": lines,
             "message": None if matches else
             ("Not recognised: none of the %d known failure signatures matches this log. anyattn does not guess; "
              "run `anyattn doctor` for this machine's state, and please report the log." % len(SIGNATURES))}

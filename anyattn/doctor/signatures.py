@@ -364,6 +364,7 @@ SIGNATURES = [
     },
     {
         "id": "gpu_newer_than_wheel",
+        "group": "gpu_arch",
         "title": "The GPU is newer than the architectures the binary was compiled for",
         "rules": [
             {"all": [r"no kernel image is available for execution on the device"],
@@ -381,6 +382,7 @@ SIGNATURES = [
     },
     {
         "id": "gpu_arch_unsupported",
+        "group": "gpu_arch",
         "title": "The GPU architecture is not supported by this kernel or binary",
         "rules": [
             {"any": [r"FlashAttention only supports (?P<need>Ampere) GPUs or newer",

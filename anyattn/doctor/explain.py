@@ -392,6 +392,9 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
         if not v["module"] and not v["symbol"]:
             v["module"] = "part of the CuTe DSL"
         v["cute_dsl_requirement"] = ctx.get("cute_dsl_requirement", "flash-attn-4")
+        st = (getattr(facts, "stack", None) or {}) if facts is not None else {}
+        off = [d for d in st.get("dsl_packages_dirs") or [] if d not in (st.get("dsl_packages_on_sys_path") or [])]
+        v["dsl_packages_dir"] = off[0] if off else "<target>/nvidia_cutlass_dsl/python_packages"
     elif mid == "flash_attn_namespace_clash":
         v["module"] = ex.get("module") or "flash_attn.cute"
     elif mid == "rocm_cuda_wheel":
@@ -406,6 +409,7 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
     elif mid == "cuda_runtime_too_old":
         v["lib_or_cuda"] = ex.get("lib") or "CUDA library"
     elif mid == "gpu_newer_than_wheel":
+        v["cute_dsl_requirement"] = ctx.get("cute_dsl_requirement", "flash-attn-4")
         v["new_gpu_or_fact"] = ex.get("new_gpu") or ctx.get("gpu_names", "?")
         ccs = [c for c in (facts.capabilities if facts is not None else []) if c >= 10.0]
         fam = sorted({str(int(c) * 10) for c in ccs}) or ["100", "120"]

@@ -104,7 +104,7 @@ SIGNATURES = [
                 "{pip} show nvidia-cutlass-dsl nvidia-cutlass-dsl-libs-base nvidia-cutlass-dsl-libs-core   # all present, same version",
                 "python -c \"import cutlass, cutlass.cute; print(cutlass.__file__)\"",
                 "# installed with --target? add its dsl_packages dir (the skipped .pth did this):",
-                "export PYTHONPATH=<target>/nvidia_cutlass_dsl/python_packages:$PYTHONPATH"],
+                "export PYTHONPATH={dsl_packages_dir}:$PYTHONPATH"],
     },
     {
         "id": "flash_attn_namespace_clash",
@@ -376,7 +376,7 @@ SIGNATURES = [
                   "covering them) was compiled for; SASS of older families does not run on them and no PTX was embedded."),
         "fix": ["# nothing to build: what already runs here on this GPU --",
                 "anyattn doctor     # anyattn's Triton kernels, cuDNN attention through torch, FlashAttention-4 (sm80..sm12x)",
-                "{pip} install flash-attn-4   # prebuilt, JIT-compiled for this GPU at first use (see `anyattn plan flash-attn-4`)",
+                "{pip} install '{cute_dsl_requirement}'   # prebuilt, JIT-compiled for this GPU at first use (see `anyattn plan flash-attn-4`)",
                 "# or rebuild the package for this architecture (CUDA >= 12.8 needed for sm120):",
                 "FLASH_ATTN_CUDA_ARCHS=\"{archs}\" TORCH_CUDA_ARCH_LIST=\"{arch_list}\" {pip} install --no-build-isolation --no-cache-dir --force-reinstall <the package>"],
     },

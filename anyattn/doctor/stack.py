@@ -147,7 +147,9 @@ def runs_here(facts, measured: Optional[Dict[str, Dict[str, Any]]] = None) -> Li
         fa4 = facts.pkg("flash-attn-4") if hasattr(facts, "pkg") else None
         add("flash_attn_4", "FlashAttention-4 (CuTe DSL): prebuilt wheel, kernels JIT-compile for this GPU at first use "
             "(no nvcc, no CUDA_HOME; import ~8 s, first call of each variant 1.6-3.8 s)",
-            "installed" if fa4 else f"{pip} install '{fa4_requirement(facts)}'")
+            ("installed" if (fa4.get("probe") or {}).get("ok", True) else
+             f"installed, but its import fails here (see `anyattn doctor`); reinstall: {pip} install --force-reinstall "
+             f"'{fa4_requirement(facts)}'") if fa4 else f"{pip} install '{fa4_requirement(facts)}'")
     if gpu and best >= 8.0 and tv and tv >= Version("2.5"):
         add("sdpa_cudnn", "cuDNN attention through torch (SDPA's CUDNN_ATTENTION backend): ships with torch",
             "nothing to install: anyattn uses it automatically")

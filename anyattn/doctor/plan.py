@@ -543,8 +543,7 @@ def plan(package: str, facts=None, version: Optional[str] = None, available_file
     out["alternatives"] = no_install_alternatives(facts, t)
     # every plan starts with what already runs here with nothing to build (issue 11)
     from . import stack as _stack
-    out["runs_here"] = _stack.runs_here(facts) if facts is not None else []
-    return out
+    return {"runs_here": _stack.runs_here(facts) if facts is not None else [], **out}
 
 
 def no_install_alternatives(facts, t: Target) -> Dict[str, Any]:

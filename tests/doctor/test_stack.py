@@ -18,7 +18,7 @@ LOGS = os.path.join(HERE, "logs")
 HELDOUT = sorted(glob.glob(os.path.join(LOGS, "heldout", "*.log")))
 # First-cause accuracy measured on the held-out logs once, after the signatures were final (see
 # docs/DOCTOR.md "Held-out score"); the test fails if a change makes it worse.
-HELDOUT_MIN = 25 / 27
+HELDOUT_MIN = 26 / 27
 
 
 def facts(name):
@@ -265,7 +265,7 @@ def test_measured_speed_from_the_results_file(tmp_path, monkeypatch):
 def test_plan_fa4_flavour_follows_driver_and_torch():
     p = plan.plan("flash-attn-4", facts=facts("h200_fa4_cu13_ok"))
     assert p["compatible"] and p["command"][0] == "python -m pip install 'flash-attn-4[cu13]==4.0.0b36'"
-    assert list(p)[-1] == "runs_here" and p["runs_here"][0]["name"] == "flash_attn_4"
+    assert list(p)[0] == "runs_here" and p["runs_here"][0]["name"] == "flash_attn_4"
     assert p["dsl_wheels"] == ["nvidia_cutlass_dsl_libs_base-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl",
                                "nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl"]
     p = plan.plan("flash-attn-4", facts=facts("a100_fa4_cu13_flavour_old_driver"))

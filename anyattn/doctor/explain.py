@@ -308,6 +308,7 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
                                  f"from another environment; there, install the build matching its torch's ABI.")
     elif mid == "vllm_fa_not_built":
         v["name_clause"] = f", e.g. {ex['name']}" if ex.get("name") else ""
+        v["module_or_name"] = ex.get("module") or "vllm.vllm_flash_attn"
     elif mid == "xformers_built_for_other_torch":
         cl = (((facts.packages or {}).get("xformers") or {}).get("cpp_lib") or {}).get("version", {}) if facts else {}
         v.setdefault("built_torch", ex.get("built_torch") or cl.get("torch") or "another release")

@@ -146,7 +146,7 @@ SIGNATURES = [
     },
     {
         "id": "vllm_fa_not_built",
-        "title": "vLLM's vendored flash-attention (vllm_flash_attn) is missing, empty or stale",
+        "title": "vLLM's compiled extensions (vllm._C, the vendored flash-attention vllm_flash_attn) are missing, empty or stale",
         "rules": [
             {"any": [r"cannot import name '(?P<name>\w+)' from 'vllm\.vllm_flash_attn'",
                      r"No module named '(?P<module>vllm\.vllm_flash_attn(?:\.\w+)?|vllm\._vllm_fa\d_C)'",
@@ -155,9 +155,10 @@ SIGNATURES = [
                      r"(?P<module>vllm_flash_attn)\S*: cannot open shared object file",
                      r"(?P<module>vllm/vllm_flash_attn/_vllm_fa\d_C\S*\.so): undefined symbol"]},
         ],
-        "cause": ("vllm/vllm_flash_attn has no compiled _vllm_fa*_C module (or an old one): the vendored "
-                  "flash-attention was never built for this checkout, or the checkout moved on after the build "
-                  "(an empty namespace package imports but has none of its functions{name_clause})."),
+        "cause": ("{module_or_name} is missing or stale: vLLM's C++/CUDA extensions (vllm._C, vllm/vllm_flash_attn/"
+                  "_vllm_fa*_C) were never built for this checkout, or the checkout moved on after the build (an empty "
+                  "namespace package imports but has none of its functions{name_clause}), or the installed wheel is not "
+                  "one for this Python / platform / CUDA."),
         "fix": ["# editable/source checkout: rebuild the compiled parts (reuses a prebuilt wheel's kernels when "
                 "your Python files match a release)",
                 "cd /path/to/vllm && git pull && {pip} install -e . --no-build-isolation -v",

@@ -353,6 +353,10 @@ def plan_flash_attn(t: Target, version: Optional[str] = None, available: Optiona
                               "will not run; anyattn uses another backend")
     name, why = fa_wheel_name(ver, t)
     out["reasons"] += why
+    if t.ccs and max(t.ccs) >= 10.0:
+        out["reasons"].append(f"Blackwell GPU (sm{int(max(t.ccs) * 10)}): a flash-attn 2 wheel runs only if it was built for "
+                              "this architecture ('no kernel image is available' otherwise); FlashAttention-4 is the "
+                              "native kernel here: anyattn plan flash-attn-4")
     if name:
         out["wheel"] = name
         out["url"] = FA_RELEASE_URL.format(version=ver, filename=name)

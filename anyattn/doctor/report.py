@@ -48,9 +48,15 @@ def estimate_backends(facts) -> Dict[str, Any]:
     tk = facts.toolkit or {}
     prebuilt = any((pk.get(n) or {}).get("installed") for n in ("flashinfer-cubin", "flashinfer-jit-cache"))
     jit_ok = bool(tk.get("nvcc")) and bool((tk.get("headers") or {}).get("cuda_fp8.h"))
-    row("flashinfer", gpu and _probe_ok(fi) and best >= 7.5 and (prebuilt or jit_ok),
+    from packaging.version import InvalidVersion, Version
+    try:
+        sm12_old_cuda = 12.0 <= best < 13.0 and bool(t.get("cuda")) and Version(t["cuda"]) < Version("12.9")
+    except InvalidVersion:
+        sm12_old_cuda = False
+    row("flashinfer", gpu and _probe_ok(fi) and best >= 7.5 and (prebuilt or jit_ok) and not sm12_old_cuda,
         "not installed" if not (fi or {}).get("installed") else
         "import fails" if not _probe_ok(fi) else "needs an sm75+ GPU" if best < 7.5 else
+        "SM 12.x needs CUDA >= 12.9" if sm12_old_cuda else
         "no prebuilt kernels and no nvcc + cuda_fp8.h for its JIT" if not (prebuilt or jit_ok) else None)
     xf = pk.get("xformers")
     xcpp = ((xf or {}).get("probe") or {}).get("details", {}).get("has_cpp")

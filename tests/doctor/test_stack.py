@@ -289,6 +289,9 @@ def test_stack_flavour_rule():
 def test_plan_flashinfer_sm12_needs_cuda_129():
     p = plan.plan("flashinfer", facts=facts("rtx5090_flashinfer_cu128"), version="0.7.2.post1")
     assert not p["compatible"] and any("CUDA >= 12.9" in r for r in p["reasons"])
+    b = report.backend_summary(facts("rtx5090_flashinfer_cu128"))
+    assert "flashinfer" not in b["usable"] and b["chosen"] == "sdpa"
+    assert any(r.startswith("Blackwell GPU (sm120)") for r in plan.plan("flash-attn", facts=facts("rtx5090_flashinfer_cu128"))["reasons"])
     p = plan.plan("flashinfer", facts=facts("h100_flashinfer_072_cubin_0613"))
     assert p["compatible"] and any("pin one version" in r for r in p["reasons"])
 
@@ -371,8 +374,9 @@ def test_doctor_bundle_cli(tmp_path):
 
 
 def test_collect_stack_reads_without_importing():
+    before = {m for m in ("cutlass", "flash_attn", "flashinfer") if m in sys.modules}
     f = Facts()
     collect_stack(f)
     assert set(f.stack) >= {"versions", "origins", "sys_path", "dsl_packages_dirs", "dsl_packages_on_sys_path"}
     assert "torch" in f.stack["versions"] and f.stack["sys_path"]
-    assert "cutlass" not in sys.modules and "flash_attn" not in sys.modules
+    assert {m for m in ("cutlass", "flash_attn", "flashinfer") if m in sys.modules} == before  # nothing imported

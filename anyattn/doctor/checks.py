@@ -676,7 +676,7 @@ def run_checks(f: Facts) -> List[Finding]:
     # one finding per cause and package: an import probe and a fact check can name the same thing
     seen, uniq = set(), []
     for x in out:
-        key = (x.id, (x.subject or "").replace("-python", ""))
+        key = (x.id, x.subject.replace("-python", "") if x.subject else x.title)
         if key not in seen:
             seen.add(key)
             uniq.append(x)

@@ -309,6 +309,19 @@ def test_plan_cli_prints_runs_here_first():
 # ------------------------------------------------------------------ bundle
 
 
+def test_one_finding_per_cause_and_package(monkeypatch):
+    f = facts("h100_flashinfer_072_cubin_0613")  # the import probe and the version check both see the skew
+    assert [x.id for x in checks.run_checks(f)].count("flashinfer_version_skew") == 1
+
+    def boom1(f, ctx):
+        raise KeyError("a")
+
+    def boom2(f, ctx):
+        raise KeyError("b")
+    monkeypatch.setattr(checks, "CHECKS", checks.CHECKS + [boom1, boom2])
+    assert [x.id for x in checks.run_checks(f)].count("doctor_check_failed") == 2  # distinct failures are kept
+
+
 def test_bundle_redacts_and_has_what_maintainers_need(tmp_path):
     f = facts("l40s_fa4_target_install")
     f.env.update({"ANYATTN_HF": "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123", "PATH": "/home/alice/.local/bin:/usr/bin",

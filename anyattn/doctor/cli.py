@@ -90,7 +90,7 @@ def cmd_plan(args) -> int:
         f = _load_or_collect(args.facts, probe=False)
         p = _plan.plan(args.package, facts=f, version=args.version, available_file=args.available,
                        torch=args.torch, cuda=args.cuda, python=args.python, cxx11_abi=args.cxx11_abi,
-                       platform=args.platform)
+                       platform=args.platform, driver_cuda=args.driver_cuda, ccs=args.cc, glibc=args.glibc)
         if args.json:
             print(json.dumps(p, indent=2, default=str))
         else:
@@ -136,6 +136,10 @@ def register(subparsers) -> None:
     p.add_argument("--cxx11-abi", dest="cxx11_abi", choices=["TRUE", "FALSE", "true", "false"],
                    help="target torch C++ ABI")
     p.add_argument("--platform", metavar="TAG", help="target platform tag, e.g. linux_x86_64")
+    p.add_argument("--driver-cuda", dest="driver_cuda", metavar="X.Y",
+                   help="CUDA version the target's driver supports (nvidia-smi 'CUDA Version'), e.g. 12.4")
+    p.add_argument("--cc", metavar="X.Y[,X.Y]", help="target GPU compute capabilities, e.g. 9.0 or 8.0,12.0")
+    p.add_argument("--glibc", metavar="X.Y", help="target glibc version (manylinux tags), e.g. 2.35")
     p.set_defaults(func=cmd_plan)
 
 

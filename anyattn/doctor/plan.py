@@ -44,6 +44,7 @@ class Target:
     cpus: int = 4
     available_gb: Optional[float] = None
     nvcc: Optional[str] = None
+    driver_cuda: Optional[str] = None    # the CUDA version the driver supports (nvidia-smi's "CUDA Version")
     live_tags: Optional[List[str]] = None  # this interpreter's sys_tags (when not overridden)
     overridden: bool = False
 
@@ -100,6 +101,7 @@ def target_from_facts(facts, **overrides) -> Target:
         t.available_gb = min([x for x in (mem.get("available_gb"), mem.get("cgroup_limit_gb")) if x] or [None]) \
             if mem.get("available_gb") or mem.get("cgroup_limit_gb") else None
         t.nvcc = (facts.toolkit or {}).get("nvcc_version")
+        t.driver_cuda = (facts.driver or {}).get("cuda")
         if facts.live:  # this interpreter: its real tags
             t.live_tags = [str(x) for x in _tags.sys_tags()]
     for k, v in overrides.items():
@@ -107,6 +109,11 @@ def target_from_facts(facts, **overrides) -> Target:
             continue
         if k == "cxx11_abi" and isinstance(v, str):
             v = v.strip().upper() in ("TRUE", "1", "YES")
+        if k == "ccs" and isinstance(v, str):
+            try:
+                v = [float(x) for x in v.replace(";", ",").split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"cc: expected compute capabilities like 9.0 or 8.0,12.0, got {v!r}") from None
         setattr(t, k, v)
         t.overridden = True
         if k in ("python", "platform"):
@@ -480,8 +487,7 @@ def plan_flash_attn4(t: Target, version: Optional[str] = None, facts=None) -> Di
     from . import stack as _stack
     pip = _pip(facts, t)
     ver = version or FA4_DEFAULT_VERSION
-    drv = ((getattr(facts, "driver", None) or {}).get("cuda")) if facts is not None else None
-    flav, why = _stack.dsl_flavour(drv, t.cuda)
+    flav, why = _stack.dsl_flavour(t.driver_cuda, t.cuda)
     req = f"flash-attn-4[cu13]=={ver}" if flav == "cu13" else f"flash-attn-4=={ver}"
     out: Dict[str, Any] = {"package": "flash-attn-4", "version": ver, "target": _target_dict(t),
                            "wheel": f"flash_attn_4-{ver}-py3-none-any.whl", "compatible": True, "command": [],
@@ -503,7 +509,12 @@ def plan_flash_attn4(t: Target, version: Optional[str] = None, facts=None) -> Di
         out["reasons"].append("FA4 needs a CUDA build of torch")
     base_name = dsl_wheel_name("nvidia-cutlass-dsl-libs-base", DSL_DEFAULT_VERSION, t)
     if t.platform.startswith("linux_"):
-        ok = bool({str(x) for x in parse_wheel_filename(base_name)[3]} & target_tags(t))
+        tt = t
+        if not t.glibc:  # a machine described by flags: say what is assumed (pass --glibc to check it)
+            import dataclasses
+            tt = dataclasses.replace(t, glibc="2.28", live_tags=None)
+            out["reasons"].append("glibc unknown: assumed >= 2.28 (manylinux_2_28); pass --glibc X.Y to check")
+        ok = bool({str(x) for x in parse_wheel_filename(base_name)[3]} & target_tags(tt))
         out["dsl_wheels"] = [base_name] + ([dsl_wheel_name(f"nvidia-cutlass-dsl-libs-{flav}", DSL_DEFAULT_VERSION, t)]
                                            if flav else [])
         out["reasons"].append(f"{base_name}: {'installs on the target (packaging.tags)' if ok else 'NOT accepted by the target interpreter (glibc older than 2.28?)'}")

@@ -192,6 +192,46 @@ f["_expect"] = {"ids": ["fa4_gpu_unsupported"], "absent": ["fa4_dsl_flavour_too_
                 "severity": {"fa4_gpu_unsupported": "warning"}}
 M["t4_fa4_unsupported"] = f
 
+# 13. H100 on a CUDA 13 driver and torch with the default cu12 flavour: works, the cu13 extra is available
+f = base("H100, driver 580 (CUDA 13.0), torch 2.11+cu130, FA4 with the cu12 DSL flavour", "3.12.3")
+f["torch"] = torch("2.11.0+cu130", "13.0", abi=True, arch=["sm_80", "sm_90", "sm_100", "sm_120"])
+f["gpus"] = [gpu(0, "NVIDIA H100 80GB HBM3", "9.0", 80, "00000000:18:00.0")]
+f["driver"] = {"version": "580.95.05", "cuda": "13.0"}
+f["toolkit"] = toolkit("/usr/local/cuda", "13.0")
+f["packages"]["flash-attn-4"] = pkg("4.0.0b36", [], probe=slow_ok(3.1), location=SP)
+f["stack"] = stack(dict(DSL, **{"nvidia-cutlass-dsl-libs-cu12": "4.8.1", "flash-attn-4": "4.0.0b36"}))
+f["_expect"] = {"ids": ["fa4_dsl_flavour"], "absent": ["fa4_dsl_flavour_too_new", "fa4_import_slow"], "exit_code": 0,
+                "fix_contains": {"fa4_dsl_flavour": "flash-attn-4[cu13]"}}
+M["h100_fa4_cu12_flavour_cuda13"] = f
+
+# 14. RTX A6000: a partial upgrade left the DSL's libs-base one release behind the meta-package
+f = base("RTX A6000, nvidia-cutlass-dsl 4.8.1 with libs-base 4.7.0", "3.11.10")
+f["torch"] = torch("2.9.1+cu128", "12.8", abi=True)
+f["gpus"] = [gpu(0, "NVIDIA RTX A6000", "8.6", 48, "00000000:41:00.0")]
+f["driver"] = {"version": "570.133.20", "cuda": "12.8"}
+f["packages"]["flash-attn-4"] = pkg("4.0.0b36", [], probe=fail(
+    "ImportError: /opt/venv/lib/python3.11/site-packages/nvidia_cutlass_dsl/python_packages/cutlass/_mlir/_mlir_libs/"
+    "_cute.cpython-311-x86_64-linux-gnu.so: undefined symbol: mlirCuteTiledCopyTypeGet"), location=SP)
+f["stack"] = stack({"nvidia-cutlass-dsl": "4.8.1", "nvidia-cutlass-dsl-libs-base": "4.7.0",
+                    "nvidia-cutlass-dsl-libs-core": "4.8.1", "nvidia-cutlass-dsl-libs-cu12": "4.8.1",
+                    "flash-attn-4": "4.0.0b36"})
+f["_expect"] = {"ids": ["fa4_dsl_pieces_skew", "cute_dsl_mismatch"], "exit_code": 1,
+                "fix_contains": {"fa4_dsl_pieces_skew": "'nvidia-cutlass-dsl-libs-base==4.8.1'"}}
+M["a6000_fa4_dsl_pieces_skew"] = f
+
+# 15. H100 with flash-attn 2.8.3 and FA4 both importing (FA4 installed last): a warning, not an error
+f = base("H100, flash-attn 2.8.3 and flash-attn-4 both working", "3.12.3")
+f["torch"] = torch("2.8.0+cu128", "12.8", abi=True)
+f["gpus"] = [gpu(0, "NVIDIA H100 80GB HBM3", "9.0", 80, "00000000:18:00.0")]
+f["driver"] = {"version": "570.133.20", "cuda": "12.8"}
+f["packages"]["flash-attn"] = pkg("2.8.3", ["flash_attn_2_cuda.cpython-312-x86_64-linux-gnu.so"], location=SP)
+f["packages"]["flash-attn-4"] = pkg("4.0.0b36", [], probe=slow_ok(4.2), location=SP)
+f["stack"] = stack(dict(DSL, **{"nvidia-cutlass-dsl-libs-cu12": "4.8.1", "flash-attn-4": "4.0.0b36", "flash-attn": "2.8.3"}))
+f["_expect"] = {"ids": ["flash_attn_namespace_clash"], "exit_code": 1,
+                "severity": {"flash_attn_namespace_clash": "warning"},
+                "fix_contains": {"flash_attn_namespace_clash": "uninstall -y flash-attn"}, "chosen": "flash_attn_4"}
+M["h100_fa2_and_fa4_both_import"] = f
+
 if __name__ == "__main__":
     for name, d in M.items():
         with open(os.path.join(HERE, name + ".json"), "w") as fh:

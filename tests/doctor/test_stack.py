@@ -393,3 +393,24 @@ def test_collect_stack_reads_without_importing():
     assert set(f.stack) >= {"versions", "origins", "sys_path", "dsl_packages_dirs", "dsl_packages_on_sys_path"}
     assert "torch" in f.stack["versions"] and f.stack["sys_path"]
     assert {m for m in ("cutlass", "flash_attn", "flashinfer") if m in sys.modules} == before  # nothing imported
+
+
+def test_plan_fa4_for_a_machine_described_by_flags():
+    kw = dict(torch="2.11.0", cuda="13.0", python="3.12", platform="linux_x86_64", cxx11_abi="TRUE")
+    p = plan.plan("flash-attn-4", facts=None, driver_cuda="13.0", ccs="9.0", **kw)
+    assert p["compatible"] and p["dsl_flavour"] == "cu13" and p["runs_here"] == []
+    assert any(r.startswith("glibc unknown: assumed >= 2.28") for r in p["reasons"])
+    assert not plan.plan("flash-attn-4", facts=None, driver_cuda="13.0", ccs="9.0", glibc="2.17", **kw)["compatible"]
+    assert plan.plan("flash-attn-4", facts=None, driver_cuda="12.4", ccs="8.0", **kw)["dsl_flavour"] == "cu12"
+    assert not plan.plan("flash-attn-4", facts=None, driver_cuda="13.0", ccs="7.5", **kw)["compatible"]
+    assert plan.plan("flash-attn-4", facts=None, driver_cuda="13.0", ccs="8.0,12.0", platform="linux_aarch64",
+                     **{k: v for k, v in kw.items() if k != "platform"})["dsl_wheels"][0].endswith("manylinux_2_28_aarch64.whl")
+    with pytest.raises(ValueError, match="cc: expected compute capabilities"):
+        plan.plan("flash-attn-4", facts=None, ccs="nine", **kw)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    cp = subprocess.run([sys.executable, "-m", "anyattn.doctor.cli", "plan", "flash-attn-4", "--json", "--torch", "2.9.1",
+                         "--cuda", "12.8", "--driver-cuda", "12.8", "--python", "3.11", "--platform", "linux_x86_64",
+                         "--cc", "12.0"], capture_output=True, text=True, env=env, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    d = json.loads(cp.stdout)
+    assert d["command"][0].endswith("install 'flash-attn-4==4.0.0b36'") and d["target"]["ccs"] == [12.0]

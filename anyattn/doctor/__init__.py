@@ -4,4 +4,5 @@ Nothing heavy is imported here: ``import anyattn`` must stay fast. The submodule
 import torch / rich lazily, inside the functions that need them.
 """
 
-__all__ = ["facts", "probes", "checks", "signatures", "explain", "plan", "report", "cli"]
+__all__ = ["facts", "probes", "checks", "checks_stack", "stack", "signatures", "explain", "plan", "report", "cli",
+           "bundle", "recent"]

@@ -673,8 +673,20 @@ def run_checks(f: Facts) -> List[Finding]:
                                ["# please report this with `anyattn doctor --save-facts facts.json`"]))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     out.sort(key=lambda x: order.get(x.severity, 9))
-    return out
+    # one finding per cause and package: an import probe and a fact check can name the same thing
+    seen, uniq = set(), []
+    for x in out:
+        key = (x.id, x.subject.replace("-python", "") if x.subject else x.title)
+        if key not in seen:
+            seen.add(key)
+            uniq.append(x)
+    return uniq
 
 
 def exit_code(findings: List[Finding]) -> int:
     return 1 if any(x.severity in ("error", "warning") for x in findings) else 0
+
+
+# The new-stack checks (FA4 / CuTe DSL, FlashInfer 0.6-0.7, CUDA 13 wheels, ROCm, uv) register
+# themselves with @check in their own module; imported last so they run after the ones above.
+from . import checks_stack  # noqa: E402,F401

@@ -34,7 +34,8 @@ def _load_or_collect(path: Optional[str], probe: bool, progress_console=None, ti
 
 def cmd_doctor(args) -> int:
     try:
-        from . import checks, report
+        from . import checks, recent, report
+        recent.install()  # the selector's warnings during this run go into the bundle
         err = _stderr_console()
         f = _load_or_collect(args.facts, probe=not args.no_probe, progress_console=None if args.json else err,
                              timeout=args.timeout)
@@ -44,6 +45,10 @@ def cmd_doctor(args) -> int:
         findings = checks.run_checks(f)
         code = checks.exit_code(findings)
         backends = report.backend_summary(f)
+        if getattr(args, "bundle", None):
+            from . import bundle
+            bundle.write(args.bundle, f, findings, backends, recent.recent())
+            err.print(f"bug-report bundle written to {args.bundle} (secrets and home paths redacted): attach it to the issue")
         if args.json:
             print(json.dumps(report.to_json_dict(f, findings, backends, code), indent=2, default=str))
         else:
@@ -85,7 +90,7 @@ def cmd_plan(args) -> int:
         f = _load_or_collect(args.facts, probe=False)
         p = _plan.plan(args.package, facts=f, version=args.version, available_file=args.available,
                        torch=args.torch, cuda=args.cuda, python=args.python, cxx11_abi=args.cxx11_abi,
-                       platform=args.platform)
+                       platform=args.platform, driver_cuda=args.driver_cuda, ccs=args.cc, glibc=args.glibc)
         if args.json:
             print(json.dumps(p, indent=2, default=str))
         else:
@@ -107,6 +112,8 @@ def register(subparsers) -> None:
     d.add_argument("--facts", metavar="FILE", help="run the checks on facts saved on another machine")
     d.add_argument("--no-probe", action="store_true", help="skip the subprocess import probes (faster)")
     d.add_argument("--timeout", type=float, default=60.0, help="seconds per import probe (default 60)")
+    d.add_argument("--bundle", metavar="FILE",
+                   help="also write a bug-report bundle (Markdown, or JSON if FILE ends in .json), secrets redacted")
     d.set_defaults(func=cmd_doctor)
 
     e = subparsers.add_parser("explain", help="recognise an error log and give the cause and the fix",
@@ -116,9 +123,9 @@ def register(subparsers) -> None:
     e.add_argument("--facts", metavar="FILE", help="explain against saved facts instead of this machine")
     e.set_defaults(func=cmd_explain)
 
-    p = subparsers.add_parser("plan", help="plan an install that works: flash-attn | flashinfer | xformers",
+    p = subparsers.add_parser("plan", help="plan an install that works: flash-attn | flash-attn-4 | flashinfer | xformers",
                               description="The exact wheel (or a sized source build) for this machine or a target.")
-    p.add_argument("package", choices=["flash-attn", "flashinfer", "xformers"])
+    p.add_argument("package", choices=["flash-attn", "flash-attn-4", "flashinfer", "xformers"])
     p.add_argument("--version", metavar="V", help="package version (flash-attn default: latest known)")
     p.add_argument("--available", metavar="FILE", help="file of release asset names to pick from")
     p.add_argument("--json", action="store_true")
@@ -129,6 +136,10 @@ def register(subparsers) -> None:
     p.add_argument("--cxx11-abi", dest="cxx11_abi", choices=["TRUE", "FALSE", "true", "false"],
                    help="target torch C++ ABI")
     p.add_argument("--platform", metavar="TAG", help="target platform tag, e.g. linux_x86_64")
+    p.add_argument("--driver-cuda", dest="driver_cuda", metavar="X.Y",
+                   help="CUDA version the target's driver supports (nvidia-smi 'CUDA Version'), e.g. 12.4")
+    p.add_argument("--cc", metavar="X.Y[,X.Y]", help="target GPU compute capabilities, e.g. 9.0 or 8.0,12.0")
+    p.add_argument("--glibc", metavar="X.Y", help="target glibc version (manylinux tags), e.g. 2.35")
     p.set_defaults(func=cmd_plan)
 
 

@@ -37,7 +37,8 @@ def _compiled() -> List[Dict[str, Any]]:
             rules = []
             for r in sig["rules"]:
                 rules.append({"all": [re.compile(p, _FLAGS) for p in r.get("all", [])],
-                              "any": [re.compile(p, _FLAGS) for p in r.get("any", [])]})
+                              "any": [re.compile(p, _FLAGS) for p in r.get("any", [])],
+                              "none": [re.compile(p, _FLAGS) for p in r.get("none", [])]})
             _COMPILED.append({"sig": sig, "rules": rules})
     return _COMPILED
 
@@ -49,9 +50,32 @@ def _line_at(text: str, pos: int) -> str:
     return line if len(line) <= 400 else line[:400] + "..."
 
 
+# Prefixes that build systems and log collectors put before every line; stripped so that a bare
+# "Killed" from a docker build ("#12 845.3 Killed") or a timestamped CI log still reads as one.
+_LINE_PREFIXES = re.compile(
+    r"^(?:"
+    r"#\d+ \d+(?:\.\d+)? "                                         # buildkit --progress=plain: "#12 845.3 "
+    r"|\s*\d+\.\d+ {1,12}(?=[A-Za-z#\[/(~<-])"                       # buildkit without the step: "272.6 "
+    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)? "  # CI / ISO timestamps
+    r"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[^\]]*\] "                 # [2025-12-11 03:56:16 TP0] (SGLang)
+    r"|\(\w+ pid=\d+\) (?:\w+ \d\d-\d\d \d\d:\d\d:\d\d \[[^\]]+\] )?"   # (EngineCore pid=1) ERROR 10-27 ... [core.py:708]
+    r"|\[(?:stage-\d+|builder|build|base)[^\]]*\] "                     # [builder 3/5]
+    r"|[\w.-]+\s+\| "                                                # docker compose: "api-1  | "
+    r"|E\s{3,}"                                                       # pytest captured output "E     "
+    r")+", re.MULTILINE)
+
+
+def normalise(text: str) -> str:
+    """The log without ANSI colours and per-line prefixes (timestamps, build steps)."""
+    return _LINE_PREFIXES.sub("", _ANSI.sub("", (text or "").replace("\r\n", "\n")))
+
+
 def match(text: str) -> List[Dict[str, Any]]:
-    """Raw matches: [{"id", "title", "line", "extracted"}] in table order (most specific first)."""
-    text = _ANSI.sub("", text or "")
+    """Raw matches: [{"id", "title", "line", "line_no", "extracted"}], most specific first.
+
+    Every cause found is listed (not only the first), each with its own evidence line; entries of
+    one ``group`` (the undefined-symbol family) yield only their most specific member."""
+    text = normalise(text)
     out = []
     groups_seen = set()
     for entry in _compiled():
@@ -69,6 +93,8 @@ def match(text: str) -> List[Dict[str, Any]]:
                 found.append(m)
             if not ok:
                 continue
+            if any(rx.search(text) for rx in rule["none"]):
+                continue
             if rule["any"]:
                 hits = [m for m in (rx.search(text) for rx in rule["any"]) if m]
                 if not hits:
@@ -79,14 +105,25 @@ def match(text: str) -> List[Dict[str, Any]]:
                 for k, v in m.groupdict().items():
                     if v and k not in groups:
                         groups[k] = v.strip()
-            first = min(found, key=lambda m: m.start()) if found else None
-            # the line that carries the specifics, else the earliest match
-            keym = next((m for m in found if m.groupdict() and any(m.groupdict().values())), first)
+            # the evidence: the line that carries the specifics, else the cause itself (an ``all``
+            # pattern such as the bare "Killed"), not the context that only confirms it (``any``)
+            primary = found[len(found) - len(rule["all"])] if rule["all"] and rule["any"] else \
+                (min(found, key=lambda m: m.start()) if found else None)
+            keym = primary if rule["all"] else \
+                next((m for m in found if m.groupdict() and any(m.groupdict().values())), primary)
             if grp:
                 groups_seen.add(grp)
             out.append({"id": entry["sig"]["id"], "title": entry["sig"]["title"],
-                        "line": _line_at(text, keym.start()) if keym else "", "extracted": groups})
+                        "line": _line_at(text, keym.start()) if keym else "",
+                        "line_no": text.count("\n", 0, keym.start()) + 1 if keym else None, "extracted": groups})
             break
+    # Several causes: in the order the log shows them (the first error is usually the root cause, later
+    # ones its consequences); causes evidenced on the same line keep the table's order (most specific first).
+    for rank, r in enumerate(out):
+        r["_rank"] = rank
+    out.sort(key=lambda r: (r["line_no"] or 0, r["_rank"]))
+    for r in out:
+        r.pop("_rank", None)
     return out
 
 
@@ -157,6 +194,15 @@ def machine_context(facts) -> Dict[str, Any]:
            if _cc(g) and _cc(g) >= 8.0]
     ctx["supported_gpu_indices"] = ",".join(sup) if sup else "<none: no sm80+ GPU>"
     ctx["min_driver"] = min_driver(cuda) or "?"
+    pv = (facts.python or {}).get("version") or "?"
+    ctx["python_version"] = pv
+    ctx["python_mm"] = ".".join(pv.split(".")[:2])
+    ctx["cp"] = "cp" + "".join(pv.split(".")[:2])
+    try:
+        from . import stack as _stack
+        ctx["cute_dsl_requirement"] = _stack.fa4_requirement(facts)
+    except Exception:  # noqa: BLE001 - the stack module must never break explain
+        ctx["cute_dsl_requirement"] = "flash-attn-4"
     ctx["driver"] = (facts.driver or {}).get("version") or "?"
     return ctx
 
@@ -216,6 +262,34 @@ def cuda_home_fix_lines(facts, ctx: Dict[str, Any]) -> List[str]:
             f"export CUDA_HOME=/usr/local/cuda-{mm} PATH=/usr/local/cuda-{mm}/bin:$PATH"]
 
 
+# header family -> (what ships it, the install command template)
+_HEADER_SOURCES = (
+    (("cudnn",), "cuDNN ships its headers separately from the toolkit",
+     "{pip} install 'nvidia-cudnn-cu{torch_cuda_major}'   # headers in site-packages/nvidia/cudnn/include; or: sudo apt-get install libcudnn9-dev-cuda-{torch_cuda_major}"),
+    (("nccl",), "NCCL ships its headers separately from the toolkit",
+     "sudo apt-get install libnccl-dev   # or: {pip} install 'nvidia-nccl-cu{torch_cuda_major}' and add its include/ to CPATH"),
+    (("cublas", "cusparse", "cusolver", "curand", "cufft"), "the math libraries' -dev packages (headers) are not installed",
+     "sudo apt-get install cuda-libraries-dev-{torch_cuda_dash}   # cuBLAS/cuSPARSE/cuSOLVER/cuRAND/cuFFT headers"),
+)
+
+
+def header_hint(header: str, ctx: Dict[str, Any]) -> Dict[str, str]:
+    """Why a CUDA header is missing and what installs it, by header family."""
+    h = (header or "").lower()
+    for keys, why, cmd in _HEADER_SOURCES:
+        if h.startswith(keys):
+            return {"header_reason": why + " (a runtime-only CUDA, or a toolkit whose library dev packages are missing).",
+                    "header_install": string.Formatter().vformat(cmd, (), _Fill(ctx))}
+    reason = ("a runtime-only CUDA, a pip/conda toolkit without its dev headers, or CUDA_HOME pointing at the wrong "
+              "directory.")
+    if h == "cuda_fp8.h":
+        reason += " cuda_fp8.h exists only in CUDA >= 11.8."
+    return {"header_reason": reason,
+            "header_install": string.Formatter().vformat(
+                "sudo apt-get install cuda-toolkit-{torch_cuda_dash}   # or: conda install -c nvidia cuda-toolkit={torch_cuda}",
+                (), _Fill(ctx))}
+
+
 def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[str, Any]:
     """Id-specific values for the templates: reasoning about the extracted specifics + facts."""
     v: Dict[str, Any] = {}
@@ -234,6 +308,7 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
                                  f"from another environment; there, install the build matching its torch's ABI.")
     elif mid == "vllm_fa_not_built":
         v["name_clause"] = f", e.g. {ex['name']}" if ex.get("name") else ""
+        v["module_or_name"] = ex.get("module") or "vllm.vllm_flash_attn"
     elif mid == "xformers_built_for_other_torch":
         cl = (((facts.packages or {}).get("xformers") or {}).get("cpp_lib") or {}).get("version", {}) if facts else {}
         v.setdefault("built_torch", ex.get("built_torch") or cl.get("torch") or "another release")
@@ -268,6 +343,9 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
             v["lib_fix"] = (f"{ctx.get('pip')} install {pipn}   # or: export LD_LIBRARY_PATH="
                             f"{ctx.get('cuda_home_suggest')}/lib64:$LD_LIBRARY_PATH")
     elif mid == "driver_too_old":
+        v["symbol_clause"] = (f"{ex['symbol']} is a CUDA driver API function that the loaded driver (or the CUDA it was "
+                              "linked against, e.g. CUDA 11 for a CUDA 12 API such as cuTensorMap*) does not provide. "
+                              if ex.get("symbol") else "")
         dc = ex.get("driver_cuda")
         if dc and dc.isdigit():
             n = int(dc)
@@ -299,8 +377,47 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
         v["torch_cuda_log_or_fact"] = ex.get("torch_cuda_log") or ctx.get("torch_cuda")
         nv = _vers(v["nvcc"])
         v["nvcc_cu_tag"] = f"cu{nv.major}{nv.minor}" if nv else "cuXXX"
+    elif mid == "missing_cuda_headers":
+        v.update(header_hint(ex.get("header", ""), ctx))
     elif mid == "cuda_home_missing":
         v["cuda_home_fix"] = "\n".join(cuda_home_fix_lines(facts, ctx))
+    elif mid == "flashinfer_version_skew":
+        fv = ex.get("fi_version") or ctx.get("flashinfer_version") or "<flashinfer-python version>"
+        v["fi_version_public"] = fv.split("+")[0] if not fv.startswith("0.0.0") else ctx.get("flashinfer_version", fv)
+        v["pkg"] = ex.get("pkg") or "flashinfer-cubin"
+        v["other_version"] = ex.get("other_version") or "(another version)"
+        v["fi_version"] = fv
+    elif mid == "cute_dsl_mismatch":
+        v["module"] = ex.get("module") or ""
+        v["symbol"] = ex.get("symbol") or ""
+        if not v["module"] and not v["symbol"]:
+            v["module"] = "part of the CuTe DSL"
+        v["cute_dsl_requirement"] = ctx.get("cute_dsl_requirement", "flash-attn-4")
+        st = (getattr(facts, "stack", None) or {}) if facts is not None else {}
+        off = [d for d in st.get("dsl_packages_dirs") or [] if d not in (st.get("dsl_packages_on_sys_path") or [])]
+        v["dsl_packages_dir"] = off[0] if off else "<target>/nvidia_cutlass_dsl/python_packages"
+    elif mid == "flash_attn_namespace_clash":
+        v["module"] = ex.get("module") or "flash_attn.cute"
+    elif mid == "rocm_cuda_wheel":
+        v["lib"] = ex.get("lib") or ""
+        v["wheel"] = ex.get("wheel") or ""
+        if not v["lib"] and not v["wheel"]:
+            v["lib"] = "a CUDA-only build"
+    elif mid in ("python_headers_missing", "wrong_python"):
+        v["header"] = ex.get("header") or "Python.h"
+        v["symbol"] = ex.get("symbol") or ""
+        v["built_python"] = (" (built for Python %s)" % ex["built_python"]) if ex.get("built_python") else ""
+    elif mid == "cuda_runtime_too_old":
+        v["lib_or_cuda"] = ex.get("lib") or "CUDA library"
+    elif mid == "gpu_newer_than_wheel":
+        v["cute_dsl_requirement"] = ctx.get("cute_dsl_requirement", "flash-attn-4")
+        v["new_gpu_or_fact"] = ex.get("new_gpu") or ctx.get("gpu_names", "?")
+        ccs = [c for c in (facts.capabilities if facts is not None else []) if c >= 10.0]
+        fam = sorted({str(int(c) * 10) for c in ccs}) or ["100", "120"]
+        v["archs"] = ";".join(fam)
+        v["arch_list"] = ";".join(f"{int(a) // 10}.{int(a) % 10}" for a in fam)
+    elif mid == "libcuda_missing":
+        pass
     elif mid == "wheel_tag_mismatch":
         from urllib.parse import unquote
         whl = unquote(ex.get("wheel", ""))  # %2B in URLs
@@ -331,9 +448,50 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
     return v
 
 
+# Failures of building or installing a kernel package: their explanation starts with what already
+# runs here with nothing to build (anyattn's Triton kernels, cuDNN through torch, FA4 from a wheel).
+BUILD_FAILURE_IDS = frozenset((
+    "cuda_home_missing", "build_isolation", "wheel_tag_mismatch", "abi_mismatch", "torch_version_skew", "build_oom",
+    "missing_cuda_headers", "nvcc_torch_cuda_mismatch", "gpu_arch_unsupported", "vllm_fa_not_built", "flashinfer_jit",
+    "xformers_built_for_other_torch", "hollow_install", "glibcxx_too_old", "cuda_runtime_lib_missing",
+    "python_headers_missing", "gpu_newer_than_wheel", "wrong_python", "undefined_symbol", "cuda_runtime_too_old"))
+
+
+def rerank(raw: List[Dict[str, Any]], facts) -> List[Dict[str, Any]]:
+    """Use the machine's facts where the log alone cannot tell two causes apart.
+
+    A CUDA library missing on a ROCm torch is the ROCm machine holding a CUDA build; `no kernel
+    image` on a Blackwell GPU is a wheel older than the GPU; `flash_attn_2_cuda` missing while
+    flash-attn-4 is installed is the shared `flash_attn` package."""
+    if facts is None or not raw:
+        return raw
+    by_id = {s["id"]: s for s in SIGNATURES}
+    t = facts.torch or {}
+    first = raw[0]
+    new_id = None
+    if t.get("hip") and first["id"] in ("cuda_runtime_lib_missing", "libcuda_missing", "cuda_home_missing",
+                                         "nvcc_torch_cuda_mismatch", "hollow_install"):
+        new_id = "rocm_cuda_wheel"
+    elif first["id"] == "gpu_arch_unsupported" and "no kernel image" in first["line"] and \
+            any(c >= 10.0 for c in facts.capabilities):
+        new_id = "gpu_newer_than_wheel"
+    elif first["id"] == "hollow_install" and first["extracted"].get("module") == "flash_attn_2_cuda" and \
+            (facts.pkg("flash-attn-4") if hasattr(facts, "pkg") else None):
+        new_id = "flash_attn_namespace_clash"
+    if new_id and all(r["id"] != new_id for r in raw):
+        ex = dict(first["extracted"])
+        if new_id == "gpu_newer_than_wheel":
+            ex.setdefault("new_gpu", ", ".join(sorted({g.get("name", "?") for g in facts.gpus})))
+        raw = [{"id": new_id, "title": by_id[new_id]["title"], "line": first["line"], "line_no": first.get("line_no"),
+                "extracted": ex, "from_facts": True}] + raw
+    return raw
+
+
 def explain_text(text: str, facts=None) -> Dict[str, Any]:
-    """Recognise ``text``; return {"recognised", "matches": [{"id","title","cause","fix","evidence"}], ...}."""
-    raw = match(text)
+    """Recognise ``text``; return {"recognised", "matches": [{"id","title","cause","fix","evidence"}], ...}.
+
+    Several causes are listed in order (most specific first), each with its own evidence line."""
+    raw = rerank(match(text), facts)
     ctx = machine_context(facts) if facts is not None else {}
     matches = []
     by_id = {s["id"]: s for s in SIGNATURES}
@@ -353,9 +511,14 @@ def explain_text(text: str, facts=None) -> Dict[str, Any]:
                         "cxx11_abi": ctx.get("abi"), "nvcc": ctx.get("nvcc_fact"), "cuda_home": ctx.get("cuda_home"),
                         "gpus": ctx.get("gpu_names"), "python": (facts.python or {}).get("version")}
         matches.append({"id": r["id"], "title": sig["title"], "cause": cause, "fix": fix,
-                        "evidence": {"line": r["line"], "extracted": r["extracted"], "facts": ev_facts}})
+                        "evidence": {"line": r["line"], "line_no": r.get("line_no"), "extracted": r["extracted"],
+                                     "facts": ev_facts, "from_facts": bool(r.get("from_facts"))}})
     lines = (text or "").count("\n") + (1 if text else 0)
-    return {"recognised": bool(matches), "matches": matches, "lines": lines,
+    runs = []
+    if matches and matches[0]["id"] in BUILD_FAILURE_IDS and facts is not None:
+        from . import stack as _stack
+        runs = _stack.runs_here(facts)
+    return {"recognised": bool(matches), "runs_here": runs, "matches": matches, "lines": lines,
             "message": None if matches else
             ("Not recognised: none of the %d known failure signatures matches this log. anyattn does not guess; "
              "run `anyattn doctor` for this machine's state, and please report the log." % len(SIGNATURES))}

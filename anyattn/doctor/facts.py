@@ -41,6 +41,8 @@ ENV_PREFIXES = ("FLASH_ATTENTION_", "FLASHINFER_", "XFORMERS_", "ANYATTN_")
 ATTENTION_PACKAGES: Dict[str, Dict[str, str]] = {
     "flash-attn": {"probe": "import flash_attn, flash_attn_2_cuda", "module": "flash_attn"},
     "flash-attn-3": {"probe": "import flash_attn_interface", "module": "flash_attn_interface"},
+    # FlashAttention-4 (CuTe DSL): its import alone takes ~8 s (the probe's seconds are the import time)
+    "flash-attn-4": {"probe": "import flash_attn.cute", "module": "flash_attn.cute"},
     "flashinfer-python": {"probe": "import flashinfer", "module": "flashinfer"},
     "flashinfer-cubin": {"probe": "import flashinfer_cubin", "module": "flashinfer_cubin"},
     "flashinfer-jit-cache": {"probe": "import flashinfer_jit_cache", "module": "flashinfer_jit_cache"},
@@ -51,6 +53,7 @@ ATTENTION_PACKAGES: Dict[str, Dict[str, str]] = {
 }
 # other distribution names under which the same package ships
 DIST_ALIASES = {"flash-attn-3": ("flash_attn_3", "flash-attn-3", "flash-attn-hopper"),
+                "flash-attn-4": ("flash-attn-4", "flash-attn-cute"),
                 "flashinfer-python": ("flashinfer-python", "flashinfer"),
                 "triton": ("triton", "pytorch-triton", "triton-windows")}
 
@@ -79,6 +82,9 @@ class Facts:
     packages: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     triton: Dict[str, Any] = field(default_factory=dict)
     flashinfer: Dict[str, Any] = field(default_factory=dict)
+    # issue 11: the new stack -- versions of every CuTe DSL / FlashInfer / FA4 piece, the DSL's
+    # dsl_packages dir and whether sys.path has it, sys.path itself (no import of any of them)
+    stack: Dict[str, Any] = field(default_factory=dict)
     how: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     machine: str = ""  # free-text label for recorded fact sets
@@ -603,6 +609,46 @@ def collect_flashinfer(f: Facts) -> None:
                            "os.access(W_OK) on the nearest existing ancestor")
 
 
+# distributions whose versions the new-stack checks compare (none is imported)
+STACK_DISTS = ("flash-attn-4", "flash-attn-cute", "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base",
+               "nvidia-cutlass-dsl-libs-core", "nvidia-cutlass-dsl-libs-cu12", "nvidia-cutlass-dsl-libs-cu13",
+               "flashinfer-python", "flashinfer-cubin", "flashinfer-jit-cache", "cuda-python", "cuda-bindings",
+               "apache-tvm-ffi", "quack-kernels", "torch", "triton", "xformers", "flash-attn")
+
+
+def collect_stack(f: Facts) -> None:
+    from importlib import metadata
+    vers: Dict[str, Any] = {}
+    origins: Dict[str, Any] = {}
+    for name in STACK_DISTS:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        vers[name] = dist.version
+        o = _origin(dist)
+        o["location"] = str(dist.locate_file(""))
+        origins[name] = o
+    d: Dict[str, Any] = {"versions": vers, "origins": origins, "sys_path": list(sys.path)[:60]}
+    # the CuTe DSL keeps cutlass/ (with _mlir) under .../nvidia_cutlass_dsl/python_packages, put on
+    # sys.path by a .pth file; `pip install --target` and some tools never process .pth files
+    dsl_dirs, pths = [], []
+    for base in [p for p in sys.path if p and os.path.isdir(p)][:60]:
+        cand = os.path.join(base, "nvidia_cutlass_dsl", "python_packages")
+        if os.path.isdir(cand) and cand not in dsl_dirs:
+            dsl_dirs.append(cand)
+        try:
+            pths += [os.path.join(base, n) for n in os.listdir(base) if n.endswith(".pth") and "cutlass" in n.lower()]
+        except OSError:
+            pass
+    d["dsl_packages_dirs"] = dsl_dirs
+    d["dsl_packages_on_sys_path"] = [x for x in dsl_dirs if x in sys.path]
+    d["cutlass_pth_files"] = pths[:10]
+    f.stack = d
+    f.how["stack"] = ("importlib.metadata versions/origins of the FA4 / CuTe DSL / FlashInfer pieces; "
+                      "<sys.path entry>/nvidia_cutlass_dsl/python_packages and *cutlass*.pth looked up on disk")
+
+
 def collect_triton_meta(f: Facts) -> None:
     t = f.packages.get("triton") or {}
     d: Dict[str, Any] = {"installed": bool(t.get("installed")), "version": t.get("version")}
@@ -666,7 +712,7 @@ def collect(probe: bool = True, timeout: float = 60.0,
              ("CUDA toolkit", collect_toolkit), ("pip CUDA packages", collect_pip_cuda),
              ("build prerequisites", collect_build), ("memory", collect_memory),
              ("attention packages", collect_package_metadata), ("flashinfer cache", collect_flashinfer),
-             ("triton", collect_triton_meta)]
+             ("triton", collect_triton_meta), ("FA4 / CuTe DSL / FlashInfer pieces", collect_stack)]
     for label, fn in steps:
         if progress:
             progress(f"reading {label}")

@@ -44,6 +44,7 @@ class Target:
     cpus: int = 4
     available_gb: Optional[float] = None
     nvcc: Optional[str] = None
+    driver_cuda: Optional[str] = None    # the CUDA version the driver supports (nvidia-smi's "CUDA Version")
     live_tags: Optional[List[str]] = None  # this interpreter's sys_tags (when not overridden)
     overridden: bool = False
 
@@ -100,6 +101,7 @@ def target_from_facts(facts, **overrides) -> Target:
         t.available_gb = min([x for x in (mem.get("available_gb"), mem.get("cgroup_limit_gb")) if x] or [None]) \
             if mem.get("available_gb") or mem.get("cgroup_limit_gb") else None
         t.nvcc = (facts.toolkit or {}).get("nvcc_version")
+        t.driver_cuda = (facts.driver or {}).get("cuda")
         if facts.live:  # this interpreter: its real tags
             t.live_tags = [str(x) for x in _tags.sys_tags()]
     for k, v in overrides.items():
@@ -107,6 +109,11 @@ def target_from_facts(facts, **overrides) -> Target:
             continue
         if k == "cxx11_abi" and isinstance(v, str):
             v = v.strip().upper() in ("TRUE", "1", "YES")
+        if k == "ccs" and isinstance(v, str):
+            try:
+                v = [float(x) for x in v.replace(";", ",").split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"cc: expected compute capabilities like 9.0 or 8.0,12.0, got {v!r}") from None
         setattr(t, k, v)
         t.overridden = True
         if k in ("python", "platform"):
@@ -353,6 +360,10 @@ def plan_flash_attn(t: Target, version: Optional[str] = None, available: Optiona
                               "will not run; anyattn uses another backend")
     name, why = fa_wheel_name(ver, t)
     out["reasons"] += why
+    if t.ccs and max(t.ccs) >= 10.0:
+        out["reasons"].append(f"Blackwell GPU (sm{int(max(t.ccs) * 10)}): a flash-attn 2 wheel runs only if it was built for "
+                              "this architecture ('no kernel image is available' otherwise); FlashAttention-4 is the "
+                              "native kernel here: anyattn plan flash-attn-4")
     if name:
         out["wheel"] = name
         out["url"] = FA_RELEASE_URL.format(version=ver, filename=name)
@@ -382,7 +393,10 @@ def plan_flash_attn(t: Target, version: Optional[str] = None, available: Optiona
             for c in m["closest"]:
                 out["reasons"].append(f"  {c['wheel']}: " + "; ".join(c["mismatches"]))
     if out["compatible"] and out["url"]:
-        out["command"] = [f"{pip} install --no-deps {out['url']}"]
+        # GitHub serves the asset under the URL-encoded name ('+' -> %2B); uv and pip take it as is
+        out["url"] = out["url"].replace("+", "%2B")
+        out["command"] = [f"{pip} install --no-deps {out['url']}",
+                          f"# uv: uv pip install --no-deps {out['url']}"]
     elif t.cuda:
         nvcc_ok = None
         if t.nvcc and t.cuda:
@@ -417,6 +431,15 @@ def plan_flashinfer(t: Target, version: Optional[str] = None, facts=None) -> Dic
         "the three packages must have the same version; flashinfer-jit-cache is built per CUDA version "
         f"(index {cu}); if the index has none for {cu}, kernels it lacks are JIT-compiled and need nvcc {t.cuda.split('.')[0]}.x "
         "with headers (cuda_fp8.h)"]
+    if any(12.0 <= c < 13.0 for c in t.ccs) and Version(t.cuda) < Version("12.9"):
+        out["compatible"] = False
+        out["reasons"].append(f"SM 12.x GPU: FlashInfer needs CUDA >= 12.9 (torch has {t.cuda}); install torch for cu129/cu130 first")
+    if not version:
+        out["reasons"].append("pin one version for all three packages (`--version V`): PyPI has served flashinfer-python "
+                              "0.7.2.post1 beside flashinfer-cubin 0.6.13; unpinned, pip mixes them and the import-time "
+                              "version check fails")
+    out["reasons"].append("JIT cache: $FLASHINFER_WORKSPACE_BASE/.cache/flashinfer (default ~/.cache/flashinfer); its JIT "
+                          "uses CUDA_HOME's nvcc, whose major must equal torch's CUDA")
     if not t.nvcc:
         out["reasons"].append("no nvcc here: any kernel missing from the prebuilt packages will fail to JIT")
     return out
@@ -445,6 +468,71 @@ def plan_xformers(t: Target, version: Optional[str] = None, facts=None) -> Dict[
     return out
 
 
+FA4_DEFAULT_VERSION = "4.0.0b36"     # the release measured on the H200 machine (issue 8)
+DSL_DEFAULT_VERSION = "4.8.1"       # nvidia-cutlass-dsl that release ran with
+# CPython versions the CuTe DSL publishes compiled wheels for (its MLIR bindings are cpXY wheels);
+# an assumption to revisit with each DSL release (docs/DOCTOR.md).
+DSL_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+DSL_PLATFORMS = ("x86_64", "aarch64")
+
+
+def dsl_wheel_name(piece: str, version: str, t: Target) -> str:
+    """The compiled CuTe DSL wheel a pip on target ``t`` would need (manylinux_2_28, cpXY)."""
+    arch = t.platform.split("_", 1)[1] if t.platform.startswith("linux_") else t.platform
+    return f"{piece.replace('-', '_')}-{version}-{t.cp}-{t.cp}-manylinux_2_28_{arch}.whl"
+
+
+def plan_flash_attn4(t: Target, version: Optional[str] = None, facts=None) -> Dict[str, Any]:
+    """FlashAttention-4: a prebuilt wheel; the CuTe DSL flavour that fits this driver and torch."""
+    from . import stack as _stack
+    pip = _pip(facts, t)
+    ver = version or FA4_DEFAULT_VERSION
+    flav, why = _stack.dsl_flavour(t.driver_cuda, t.cuda)
+    req = f"flash-attn-4[cu13]=={ver}" if flav == "cu13" else f"flash-attn-4=={ver}"
+    out: Dict[str, Any] = {"package": "flash-attn-4", "version": ver, "target": _target_dict(t),
+                           "wheel": f"flash_attn_4-{ver}-py3-none-any.whl", "compatible": True, "command": [],
+                           "reasons": [], "dsl_flavour": flav}
+    out["reasons"].append(f"CuTe DSL flavour: {flav or 'none'} -- {why}")
+    if flav is None:
+        out["compatible"] = False
+    if not t.platform.startswith("linux_") or t.platform.split("_", 1)[1] not in DSL_PLATFORMS:
+        out["compatible"] = False
+        out["reasons"].append(f"the CuTe DSL publishes Linux wheels ({', '.join(DSL_PLATFORMS)}) only; target is {t.platform}")
+    if ".".join(t.python.split(".")[:2]) not in DSL_PYTHONS:
+        out["compatible"] = False
+        out["reasons"].append(f"no CuTe DSL wheel for Python {t.python} (published: {', '.join(DSL_PYTHONS)})")
+    if t.ccs and not _stack.fa4_gpu_ok(t.ccs):
+        out["compatible"] = False
+        out["reasons"].append(f"FA4 runs on compute capability 8.x-12.x; this GPU is {', '.join(str(c) for c in t.ccs)}")
+    if not t.cuda:
+        out["compatible"] = False
+        out["reasons"].append("FA4 needs a CUDA build of torch")
+    base_name = dsl_wheel_name("nvidia-cutlass-dsl-libs-base", DSL_DEFAULT_VERSION, t)
+    if t.platform.startswith("linux_"):
+        tt = t
+        if not t.glibc:  # a machine described by flags: say what is assumed (pass --glibc to check it)
+            import dataclasses
+            tt = dataclasses.replace(t, glibc="2.28", live_tags=None)
+            out["reasons"].append("glibc unknown: assumed >= 2.28 (manylinux_2_28); pass --glibc X.Y to check")
+        ok = bool({str(x) for x in parse_wheel_filename(base_name)[3]} & target_tags(tt))
+        out["dsl_wheels"] = [base_name] + ([dsl_wheel_name(f"nvidia-cutlass-dsl-libs-{flav}", DSL_DEFAULT_VERSION, t)]
+                                           if flav else [])
+        out["reasons"].append(f"{base_name}: {'installs on the target (packaging.tags)' if ok else 'NOT accepted by the target interpreter (glibc older than 2.28?)'}")
+        if not ok:
+            out["compatible"] = False
+    out["reasons"] += [
+        "no nvcc, no CUDA_HOME, nothing to compile at install: kernels JIT-compile with the DSL's bundled compiler "
+        "at first use (import ~8 s, first call of each variant 1.6-3.8 s; anyattn.warmup() does it up front)",
+        "nvidia-cutlass-dsl is a meta-package: libs-base, libs-core and the libs-cu12/cu13 flavour must all be installed "
+        "(never --no-deps), and into site-packages, not --target (its .pth puts dsl_packages on sys.path)",
+        "FA4 shares the `flash_attn` package with flash-attn 2: if you keep both, install FA4 last"]
+    if out["compatible"]:
+        out["command"] = [f"{pip} install '{req}'",
+                          "python -c \"import flash_attn.cute, cutlass.cute; print('FA4 ok')\"",
+                          f"# uv: uv pip install '{req}'"]
+    return out
+
+
 def _target_dict(t: Target) -> Dict[str, Any]:
     d = asdict(t)
     d.pop("live_tags", None)
@@ -459,14 +547,18 @@ def plan(package: str, facts=None, version: Optional[str] = None, available_file
     if pkg in ("flash-attn", "flash-attention", "flashattention"):
         avail = read_available(available_file) if available_file else None
         out = plan_flash_attn(t, version, avail, facts=facts, env=env)
+    elif pkg in ("flash-attn-4", "fa4", "flash-attn-cute", "flash_attn_4"):
+        out = plan_flash_attn4(t, version, facts=facts)
     elif pkg in ("flashinfer", "flashinfer-python"):
         out = plan_flashinfer(t, version, facts=facts)
     elif pkg == "xformers":
         out = plan_xformers(t, version, facts=facts)
     else:
-        raise ValueError(f"unknown package {package!r}: flash-attn, flashinfer or xformers")
+        raise ValueError(f"unknown package {package!r}: flash-attn, flash-attn-4, flashinfer or xformers")
     out["alternatives"] = no_install_alternatives(facts, t)
-    return out
+    # every plan starts with what already runs here with nothing to build (issue 11)
+    from . import stack as _stack
+    return {"runs_here": _stack.runs_here(facts) if facts is not None else [], **out}
 
 
 def no_install_alternatives(facts, t: Target) -> Dict[str, Any]:

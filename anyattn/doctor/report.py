@@ -31,6 +31,11 @@ def estimate_backends(facts) -> Dict[str, Any]:
         rows.append({"name": name, "usable": bool(usable), "reasons": [why] if why else []})
 
     pk = facts.packages or {}
+    fa4 = pk.get("flash-attn-4")
+    fa4_gpu = any(8.0 <= c < 13.0 for c in ccs)
+    row("flash_attn_4", gpu and _probe_ok(fa4) and fa4_gpu,
+        "not installed" if not (fa4 or {}).get("installed") else
+        "import fails" if not _probe_ok(fa4) else "needs an sm80..sm12x GPU" if not fa4_gpu else None)
     fa3 = pk.get("flash-attn-3")
     row("flash_attn_3", gpu and _probe_ok(fa3) and 9.0 <= best < 10.0,
         "not installed" if not (fa3 or {}).get("installed") else
@@ -43,9 +48,15 @@ def estimate_backends(facts) -> Dict[str, Any]:
     tk = facts.toolkit or {}
     prebuilt = any((pk.get(n) or {}).get("installed") for n in ("flashinfer-cubin", "flashinfer-jit-cache"))
     jit_ok = bool(tk.get("nvcc")) and bool((tk.get("headers") or {}).get("cuda_fp8.h"))
-    row("flashinfer", gpu and _probe_ok(fi) and best >= 7.5 and (prebuilt or jit_ok),
+    from packaging.version import InvalidVersion, Version
+    try:
+        sm12_old_cuda = 12.0 <= best < 13.0 and bool(t.get("cuda")) and Version(t["cuda"]) < Version("12.9")
+    except InvalidVersion:
+        sm12_old_cuda = False
+    row("flashinfer", gpu and _probe_ok(fi) and best >= 7.5 and (prebuilt or jit_ok) and not sm12_old_cuda,
         "not installed" if not (fi or {}).get("installed") else
         "import fails" if not _probe_ok(fi) else "needs an sm75+ GPU" if best < 7.5 else
+        "SM 12.x needs CUDA >= 12.9" if sm12_old_cuda else
         "no prebuilt kernels and no nvcc + cuda_fp8.h for its JIT" if not (prebuilt or jit_ok) else None)
     xf = pk.get("xformers")
     xcpp = ((xf or {}).get("probe") or {}).get("details", {}).get("has_cpp")
@@ -196,10 +207,15 @@ def render_explain(result: Dict[str, Any], console=None) -> None:
     if not result["recognised"]:
         con.print(Text(result["message"], style="yellow"))
         return
+    render_runs_here(result.get("runs_here") or [], con)
     for i, m in enumerate(result["matches"]):
         label = "most specific cause" if i == 0 else "also matches"
+        label = "most specific cause" if i == 0 else f"cause {i + 1}"
         con.print(Text(f"[{label}] {m['id']}: {m['title']}", style="bold red" if i == 0 else "bold"))
-        con.print(Text("  matched: " + m["evidence"]["line"], style="dim"))
+        ln = m["evidence"].get("line_no")
+        con.print(Text(f"  matched{f' (line {ln})' if ln else ''}: " + m["evidence"]["line"]
+                       + ("  [re-ranked with this machine's facts]" if m["evidence"].get("from_facts") else ""),
+                       style="dim"))
         if m["evidence"]["extracted"]:
             con.print(Text("  specifics: " + ", ".join(f"{k}={v}" for k, v in m["evidence"]["extracted"].items()),
                            style="dim"))
@@ -209,10 +225,24 @@ def render_explain(result: Dict[str, Any], console=None) -> None:
             con.print(Text("    " + line, style="green" if not line.startswith("#") else "dim green"), soft_wrap=True)
 
 
+def render_runs_here(runs: List[Dict[str, Any]], con) -> None:
+    """"Nothing to build": what already runs on this machine, printed before any build recipe."""
+    from rich.text import Text
+    if not runs:
+        return
+    con.print(Text("Already runs here, nothing to build:", style="bold green"))
+    for r in runs:
+        con.print(Text(f"  {r['name']}: {r['what']}" + (f" -- {r['speed']}" if r.get("speed") else ""), style="green"),
+                  soft_wrap=True)
+        con.print(Text(f"      {r['how']}", style="dim green"), soft_wrap=True)
+    con.print()
+
+
 def render_plan(p: Dict[str, Any], console=None) -> None:
     from rich.console import Console
     from rich.text import Text
     con = console or Console()
+    render_runs_here(p.get("runs_here") or [], con)
     t = p.get("target", {})
     con.print(Text(f"plan {p['package']}" + (f" {p['version']}" if p.get("version") else "") +
                    f" for torch {t.get('torch')} CUDA {t.get('cuda')} Python {t.get('python')} "

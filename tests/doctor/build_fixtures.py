@@ -178,7 +178,7 @@ f["packages"]["flash-attn"] = pkg(
     probe=fail(f"ImportError: /opt/venv/lib/python3.10/site-packages/flash_attn_2_cuda.cpython-310-x86_64-linux-gnu.so: undefined symbol: {sym}"),
     origin={"installer": "pip", "wheel": "flash_attn-2.7.4.post1+cu12torch2.6cxx11abiTRUE-cp310-cp310-linux_x86_64.whl"})
 f["_expect"] = {"ids": ["abi_mismatch"], "absent": ["torch_version_skew", "undefined_symbol"], "exit_code": 1,
-                "fix_contains": {"abi_mismatch": "flash_attn-2.8.3+cu12torch2.6cxx11abiFALSE-cp310-cp310-linux_x86_64.whl"},
+                "fix_contains": {"abi_mismatch": "flash_attn-2.8.3%2Bcu12torch2.6cxx11abiFALSE-cp310-cp310-linux_x86_64.whl"},  # the URL form (%2B)
                 "chosen": "sdpa"}
 M["rtx4090_abi"] = f
 
@@ -267,7 +267,7 @@ f["driver"] = {"version": "535.183.01", "cuda": "12.2"}
 f["toolkit"] = toolkit("/usr/local/cuda", "12.1")
 f["packages"]["flash-attn"] = pkg("2.6.3", [], probe=fail("ModuleNotFoundError: No module named 'flash_attn_2_cuda'"))
 f["_expect"] = {"ids": ["hollow_install"], "exit_code": 1,
-                "fix_contains": {"hollow_install": "flash_attn-2.8.3+cu12torch2.4cxx11abiFALSE-cp310-cp310-linux_x86_64.whl"},
+                "fix_contains": {"hollow_install": "flash_attn-2.8.3%2Bcu12torch2.4cxx11abiFALSE-cp310-cp310-linux_x86_64.whl"},  # the URL form (%2B)
                 "chosen": "sdpa"}
 M["a100_hollow_flash_attn"] = f
 

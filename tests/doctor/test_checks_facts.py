@@ -117,7 +117,8 @@ def test_docs_list_every_id():
     from anyattn.doctor.signatures import VOCABULARY
     root = os.path.dirname(os.path.dirname(HERE))
     doc = open(os.path.join(root, "docs", "DOCTOR.md")).read()
-    src = open(checks.__file__).read()
+    from anyattn.doctor import checks_stack
+    src = open(checks.__file__).read() + open(checks_stack.__file__).read()
     ids = set(re.findall(r'Finding\("([a-z0-9_]+)"', src)) | set(VOCABULARY)
     missing = sorted(i for i in ids if f"`{i}`" not in doc)
     assert not missing, missing

@@ -149,7 +149,8 @@ def test_plan_cli_json(tmp_path):
     assert rc == 0
     assert {"package", "wheel", "compatible", "command", "reasons", "alternatives"} <= set(d)
     assert d["wheel"] == REAL[1][5] and d["compatible"]
-    assert d["command"] == [f"python -m pip install --no-deps https://github.com/Dao-AILab/flash-attention/releases/download/v2.6.3/{REAL[1][5]}"]
+    url = f"https://github.com/Dao-AILab/flash-attention/releases/download/v2.6.3/{REAL[1][5].replace('+', '%2B')}"
+    assert d["command"] == [f"python -m pip install --no-deps {url}", f"# uv: uv pip install --no-deps {url}"]
 
 
 def test_plan_on_real_cuda13_device_facts():

@@ -95,8 +95,14 @@ class AnyattnMask:
     documents. ``kv_length`` is the number of key rows the layers must pass.
     """
 
-    def __init__(self, *, causal, window, bidirectional_window, kv_length, q_length, varlen=None,
+    # transformers treats a mask that is not 2-D as already prepared: generate() builds the
+    # masks of a static cache ahead of the compiled forward and hands them back in, and the model
+    # then calls the mask function again with this object (which mask_function returns as is).
+    ndim = 4
+
+    def __init__(self, *, causal, window, bidirectional_window, kv_length, q_length, batch_size, varlen=None,
                  padded=False, has_padding_mask=False, pattern=""):
+        self.batch_size = batch_size
         self.causal = causal
         self.window = window
         self.bidirectional_window = bidirectional_window
@@ -106,6 +112,10 @@ class AnyattnMask:
         self.padded = padded
         self.has_padding_mask = has_padding_mask
         self.pattern = pattern
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.batch_size, 1, self.q_length, self.kv_length)
 
     def __repr__(self) -> str:
         kind = "dense" if self.varlen is None else ("padded segments" if self.padded else "packed documents")
@@ -262,10 +272,15 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
     """transformers' mask hook: returns the :class:`AnyattnMask` the attention layers will get."""
     from transformers.masking_utils import causal_mask_function
 
+    if isinstance(attention_mask, AnyattnMask):  # prepared ahead (generate with a static cache)
+        if (attention_mask.q_length, attention_mask.kv_length) != (q_length, kv_length):
+            raise ValueError(f"attn_implementation='anyattn': a prepared mask for {attention_mask.q_length} queries and "
+                             f"{attention_mask.kv_length} keys was passed to a forward with {q_length} and {kv_length}")
+        return attention_mask
     mask_fn = mask_function if mask_function is not None else causal_mask_function
     pat = _pattern_of(mask_fn, bool(kwargs.get("use_vmap", False)))
     common = dict(causal=pat.causal, window=pat.window, bidirectional_window=pat.bidirectional_window,
-                  kv_length=kv_length, q_length=q_length, pattern="+".join(dict.fromkeys(pat.names)))
+                  kv_length=kv_length, q_length=q_length, batch_size=batch_size, pattern="+".join(dict.fromkeys(pat.names)))
 
     if pat.packed is not None and attention_mask is None:
         # transformers detected packed position_ids (no cache, no 2-D mask): documents.

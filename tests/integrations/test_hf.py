@@ -364,3 +364,38 @@ def test_explain_names_a_backend_per_layer_kind():
         assert k["dense"].request.softcap and k["dense"].request.window == (k["name"] == "sliding")
     assert "sliding layers 0" in str(ex) and "full layers 1" in str(ex)
     json.dumps(ex.to_dict())
+
+
+# ------------------------------------------------------------------------------------------
+# The GPU benchmark's CPU smoke mode
+# ------------------------------------------------------------------------------------------
+def test_hf_bench_tiny_runs_and_writes_json(tmp_path, capsys):
+    from anyattn.integrations import hf_bench
+
+    assert hf_bench.main(["--tiny", "--out", str(tmp_path), "--model", "llama3-8b"]) == 0
+    data = json.loads((tmp_path / "hf_bench.json").read_text())
+    rows = {(r["impl"], r["kind"]): r for r in data["results"]}
+    for kind in ("prefill", "train", "decode"):
+        for impl in ("anyattn", "sdpa", "eager"):
+            assert rows[(impl, kind)]["tokens_per_s"] > 0, rows[(impl, kind)]
+    assert data["explain"]["llama3-8b"]["kinds"][0]["dense"]["chosen"]
+    assert "flash_attention_2" in data["env"]["unavailable"]
+    assert "anyattn" in capsys.readouterr().out.split("wrote")[0]  # the table
+
+
+def test_hf_bench_records_a_failing_case_and_goes_on(tmp_path, monkeypatch):
+    from anyattn.integrations import hf_bench
+
+    real = hf_bench._run_case
+
+    def flaky(model, impl, kind, *a, **kw):
+        if impl == "sdpa" and kind == "prefill":
+            raise RuntimeError("boom")
+        return real(model, impl, kind, *a, **kw)
+
+    monkeypatch.setattr(hf_bench, "_run_case", flaky)
+    hf_bench.main(["--tiny", "--out", str(tmp_path), "--model", "llama3-8b", "--impl", "anyattn", "--impl", "sdpa"])
+    data = json.loads((tmp_path / "hf_bench.json").read_text())
+    rows = {(r["impl"], r["kind"]): r for r in data["results"]}
+    assert rows[("sdpa", "prefill")]["error"] == "RuntimeError: boom"
+    assert rows[("sdpa", "train")]["tokens_per_s"] > 0 and rows[("anyattn", "decode")]["tokens_per_s"] > 0

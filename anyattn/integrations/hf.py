@@ -181,12 +181,15 @@ def _pattern_of(mask_fn, use_vmap: bool) -> _Pattern:
         # Dynamo cannot read closure cells of functions created while tracing, so under
         # torch.compile only the top-level name is read; the module's is_causal and its
         # sliding_window kwarg (which every transformers model passes) carry the rest.
-        base = getattr(mask_fn, "__qualname__", "").split(".<locals>")[0]
-        if base == "causal_mask_function":
+        # (Identity, not __qualname__: Dynamo cannot trace string methods on it.)
+        from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+        if mask_fn is causal_mask_function:
             pat.causal = True
-        elif base == "bidirectional_mask_function":
+            pat.names.append("causal_mask_function")
+        elif mask_fn is bidirectional_mask_function:
             pat.causal = False
-        pat.names.append(base)
+            pat.names.append("bidirectional_mask_function")
         return pat
     _read_pattern(mask_fn, pat)
     return pat
@@ -311,23 +314,25 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
         valid = m[:, kv_offset:need]
         has_mask = True
 
-    causal_clip = pat.causal is not False
-    cu_q, cu_k, first, count = _padding_segments(valid, q_first, q_length, causal_clip)
-    if not _compiling():
-        # One sync per forward and mask type: are the valid tokens of every row contiguous
-        # (left/right padding), and is the mask trivially all ones (then go dense)?
+    compiling = _compiling()
+    if not compiling and not static_offset and q_first + q_length == kv_length and bool(valid.all()):
+        # One sync per forward and mask type (generate() passes an all-ones mask every step):
+        # nothing is padded, so the cheaper dense path serves it.
+        return AnyattnMask(has_padding_mask=has_mask, **common)
+    cu_q, cu_k, first, count = _padding_segments(valid, q_first, q_length, causal_clip=pat.causal is not False)
+    if not compiling:
+        # A second sync, padded batches only: the segments are exact only if the valid tokens of
+        # each row are one contiguous run (left or right padding). Under torch.compile this check
+        # is skipped (it would break the graph); generate() with a static cache builds its masks
+        # outside the compiled forward, so it is checked there too.
         last = kv_length - 1 - valid.flip(-1).int().argmax(-1)
-        holes = ((count > 0) & (last - first + 1 != count)).any()
-        all_valid = valid.all()
-        holes, all_valid = torch.stack([holes, all_valid]).tolist()
-        if holes:
-            bad = ((count > 0) & (last - first + 1 != count)).nonzero().flatten().tolist()
+        holes = (count > 0) & (last - first + 1 != count)
+        if bool(holes.any()):
+            bad = holes.nonzero().flatten().tolist()
             raise ValueError(
                 "attn_implementation='anyattn': the 2-D attention_mask must mark one contiguous run of "
                 f"tokens per row (left or right padding); rows {bad[:8]} have holes. Pack such sequences "
                 "(DataCollatorWithFlattening) or use attn_implementation='eager'.")
-        if all_valid and not static_offset and q_first + q_length == kv_length:
-            return AnyattnMask(has_padding_mask=has_mask, **common)
     return AnyattnMask(varlen=(cu_q, cu_k, q_length, kv_length), padded=True, has_padding_mask=has_mask,
                        **common)
 
@@ -418,8 +423,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         return run_varlen(*mask.varlen)
 
     position_ids = kwargs.get("position_ids")
+    # Packed position_ids that transformers' mask creation did not see (it looks only without a
+    # cache, and a plain forward creates one). Deciding needs the data: one sync per forward
+    # (cached). Under torch.compile only batch 1 (DataCollatorWithFlattening's layout) is checked,
+    # so that batched compiled forwards stay one graph; pass cu_seq_lens_q/k there otherwise.
     if (position_ids is not None and sq == skv and sq > 1 and not (mask is not None and mask.has_padding_mask)
-            and position_ids.shape[-1] == sq):
+            and position_ids.shape[-1] == sq and (b == 1 or not _compiling())):
         docs = _documents_from_position_ids(position_ids, b)
         if docs is not None:
             cu, max_len = docs

@@ -471,6 +471,16 @@ def _ranges(idx) -> str:
     return ",".join(out)
 
 
+def _layer_window(mod, cfg):
+    """The sliding window a layer passes to the attention function, as its modeling code decides."""
+    if hasattr(mod, "sliding_window"):  # Gemma-2, gpt-oss, Qwen2: per layer, None for full layers
+        return mod.sliding_window
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and mod.layer_idx < len(types):
+        return getattr(cfg, "sliding_window", None) if types[mod.layer_idx] == "sliding_attention" else None
+    return getattr(cfg, "sliding_window", None)  # Mistral: config.sliding_window for every layer
+
+
 def explain(model, *, training: bool | None = None, dtype=None, device=None) -> ModelExplanation:
     """Which anyattn backend serves each kind of attention layer of ``model`` (full, sliding...).
 
@@ -492,7 +502,7 @@ def explain(model, *, training: bool | None = None, dtype=None, device=None) -> 
         hkv = getattr(cfg, "num_key_value_heads", None) or hq
         if hq is None:
             continue
-        window = getattr(mod, "sliding_window", None)
+        window = _layer_window(mod, cfg)
         softcap = getattr(mod, "attn_logit_softcapping", None) or 0.0
         sinks = getattr(mod, "sinks", None)
         key = (window, float(softcap), sinks is not None, mod.head_dim, hq, hkv, bool(getattr(mod, "is_causal", True)))

@@ -399,3 +399,10 @@ def test_hf_bench_records_a_failing_case_and_goes_on(tmp_path, monkeypatch):
     rows = {(r["impl"], r["kind"]): r for r in data["results"]}
     assert rows[("sdpa", "prefill")]["error"] == "RuntimeError: boom"
     assert rows[("sdpa", "train")]["tokens_per_s"] > 0 and rows[("anyattn", "decode")]["tokens_per_s"] > 0
+
+
+def test_explain_sees_a_window_set_only_in_the_config():
+    _, ours = pair("mistral")  # MistralAttention reads config.sliding_window in forward
+    ex = anyattn.hf.explain(ours, training=True)
+    assert [k["name"] for k in ex.kinds] == ["sliding"] and ex.kinds[0]["layers"] == [0, 1]
+    assert ex.kinds[0]["dense"].request.grad and ex.kinds[0]["dense"].request.window

@@ -198,13 +198,14 @@ def _pattern_of(mask_fn, use_vmap: bool) -> _Pattern:
 # --------------------------------------------------------------------------------------------
 # Variable-length layouts (device ops only, unless a comment says otherwise)
 # --------------------------------------------------------------------------------------------
-def _padding_segments(valid: torch.Tensor, q_first, q_length: int, causal_clip: bool):
+def _padding_segments(valid: torch.Tensor, q_first, q_length: int, causal_clip: bool, aligned: bool = True):
     """Split each row of a (B, Lk) key-validity mask into [pad | valid | pad] sequences.
 
     Query token i of a row sits at key row ``q_first + i``. Returns int32 cu_seqlens of length
     3B+1 for the queries (packed as B*Sq rows) and the keys (B*Lk rows). Each query segment is
     the tail of its key segment, so anyattn's lower-right causal alignment is exact per segment.
-    Also returns (first, count) for the caller's checks.
+    ``aligned=False`` (cross-attention: queries are not key positions) puts every query of a
+    row with that row's valid keys. Also returns (first, count) for the caller's checks.
     """
     b, lk = valid.shape
     dev = valid.device
@@ -220,10 +221,15 @@ def _padding_segments(valid: torch.Tensor, q_first, q_length: int, causal_clip: 
     rows = torch.arange(b, device=dev)
     zero = torch.zeros_like(first)
     k_bounds = torch.stack([zero, first, end], -1) + (rows * lk).view(-1, 1)
-    q_rel = torch.stack([zero - q_first, first - q_first, end - q_first], -1).clamp(0, q_length)
+    if aligned:
+        q_rel = torch.stack([zero - q_first, first - q_first, end - q_first], -1).clamp(0, q_length)
+    else:
+        q_rel = torch.stack([zero, zero, zero + q_length], -1)
     q_bounds = q_rel + (rows * q_length).view(-1, 1)
-    cu_k = torch.cat([k_bounds.flatten(), torch.tensor([b * lk], device=dev)]).to(torch.int32)
-    cu_q = torch.cat([q_bounds.flatten(), torch.tensor([b * q_length], device=dev)]).to(torch.int32)
+    # new_full, not torch.tensor([...], device=...): a fill kernel instead of a host-to-device
+    # copy, which CUDA-graph capture (generate's reduce-overhead compile) would bake in anyway.
+    cu_k = torch.cat([k_bounds.flatten(), count.new_full((1,), b * lk)]).to(torch.int32)
+    cu_q = torch.cat([q_bounds.flatten(), count.new_full((1,), b * q_length)]).to(torch.int32)
     return cu_q, cu_k, first, count
 
 
@@ -292,8 +298,11 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
 
     static_offset = isinstance(q_offset, torch.Tensor)  # StaticLayer keeps its length on the device
     q_first = q_offset - kv_offset  # key row of the first query
+    # Queries are the last keys (self-attention, with or without a cache) unless this is a
+    # non-causal mask whose lengths say otherwise (cross-attention over an encoder's states).
+    aligned = pat.causal is not False or static_offset or q_first + q_length == kv_length
     if attention_mask is None:
-        if not static_offset and q_first + q_length == kv_length:
+        if not aligned or (not static_offset and q_first + q_length == kv_length):
             return AnyattnMask(**common)
         # A static cache's keys include unfilled slots: the valid keys are those before the
         # queries' end, known here only as a device tensor -> segments, no sync.
@@ -315,11 +324,13 @@ def mask_function(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv
         has_mask = True
 
     compiling = _compiling()
-    if not compiling and not static_offset and q_first + q_length == kv_length and bool(valid.all()):
+    if not compiling and not static_offset and (q_first + q_length == kv_length or not aligned) \
+            and bool(valid.all()):
         # One sync per forward and mask type (generate() passes an all-ones mask every step):
         # nothing is padded, so the cheaper dense path serves it.
         return AnyattnMask(has_padding_mask=has_mask, **common)
-    cu_q, cu_k, first, count = _padding_segments(valid, q_first, q_length, causal_clip=pat.causal is not False)
+    cu_q, cu_k, first, count = _padding_segments(valid, q_first, q_length, causal_clip=pat.causal is not False,
+                                                 aligned=aligned)
     if not compiling:
         # A second sync, padded batches only: the segments are exact only if the valid tokens of
         # each row are one contiguous run (left or right padding). Under torch.compile this check

@@ -406,3 +406,63 @@ def test_explain_sees_a_window_set_only_in_the_config():
     ex = anyattn.hf.explain(ours, training=True)
     assert [k["name"] for k in ex.kinds] == ["sliding"] and ex.kinds[0]["layers"] == [0, 1]
     assert ex.kinds[0]["dense"].request.grad and ex.kinds[0]["dense"].request.window
+
+
+# ------------------------------------------------------------------------------------------
+# The segment layout against the independent float64 formula (tests/naive.py)
+# ------------------------------------------------------------------------------------------
+class _Module(torch.nn.Module):
+    def __init__(self, is_causal):
+        super().__init__()
+        self.is_causal = is_causal
+
+
+def _qkv(b, hq, hkv, sq, sk, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, hq, sq, d, generator=g)
+    k = torch.randn(b, hkv, sk, d, generator=g)
+    v = torch.randn(b, hkv, sk, d, generator=g)
+    return q, k, v
+
+
+def test_static_cache_layout_with_left_padding_matches_naive():
+    from tests import naive
+    from transformers.masking_utils import sliding_window_causal_mask_function
+
+    # A static cache of 10 slots holding 5 past tokens; 2 new queries; slots 7..9 unfilled.
+    q, k, v = _qkv(3, 4, 2, 2, 10, seed=1)
+    k[:, :, 7:] = 1e4  # poison: unfilled slots must never be read
+    v[:, :, 7:] = float("nan")
+    pads = [0, 2, 4]
+    mask = torch.ones(3, 7, dtype=torch.long)
+    for i, p in enumerate(pads):
+        mask[i, :p] = 0
+    m = ahf.mask_function(3, 2, 10, q_offset=torch.tensor(5), kv_offset=0,
+                          mask_function=sliding_window_causal_mask_function(3), attention_mask=mask)
+    assert m.padded and m.window == 3
+    out, weights = ahf.attention_forward(_Module(True), q, k, v, m, sliding_window=3, scaling=0.3)
+    assert weights is None and out.shape == (3, 2, 4, 16)
+    for i, p in enumerate(pads):
+        ref, _ = naive.attend_one_sequence(q[i].transpose(0, 1), k[i, :, p:7].transpose(0, 1),
+                                           v[i, :, p:7].transpose(0, 1), causal=True, window=(2, 0), scale=0.3)
+        torch.testing.assert_close(out[i].double(), ref, atol=1e-5, rtol=0)
+
+
+def test_cross_attention_padding_matches_naive():
+    from tests import naive
+    from transformers.masking_utils import bidirectional_mask_function
+
+    q, k, v = _qkv(2, 4, 4, 3, 7, seed=2)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    dense = ahf.mask_function(2, 3, 7, mask_function=bidirectional_mask_function)
+    assert dense.varlen is None and dense.causal is False
+    m = ahf.mask_function(2, 3, 7, mask_function=bidirectional_mask_function, attention_mask=mask)
+    out, _ = ahf.attention_forward(_Module(False), q, k, v, m)
+    for i, n in enumerate((7, 4)):
+        ref, _ = naive.attend_one_sequence(q[i].transpose(0, 1), k[i, :, :n].transpose(0, 1),
+                                           v[i, :, :n].transpose(0, 1))
+        torch.testing.assert_close(out[i].double(), ref, atol=1e-5, rtol=0)
+    full, _ = ahf.attention_forward(_Module(False), q, k, v, dense)
+    ref, _ = naive.attend_one_sequence(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1))
+    torch.testing.assert_close(full[0].double(), ref, atol=1e-5, rtol=0)

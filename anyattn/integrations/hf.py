@@ -29,12 +29,13 @@ Masks and host synchronisation (``max_seqlen_*`` must be Python ints in anyattn)
 * a 2-D padding mask -> ``varlen_attention`` over *segments*: each row is split into
   [leading padding | valid tokens | trailing padding], so the padded batch is one packed batch
   of 3*B sequences and the output comes back already in the padded layout (no pad-back
-  scatter). ``cu_seqlens`` are computed on the device and ``max_seqlen`` is the padded length
-  (an upper bound, which anyattn accepts), so this needs no sync and keeps static shapes for a
-  static cache under ``torch.compile``. Outside ``torch.compile`` the mask function spends one
-  sync per forward and mask type to check that the valid tokens of each row are contiguous
-  (left or right padding; anything else raises) and whether the mask is all ones (then the
-  cheaper dense path is used);
+  scatter; padding positions hold finite garbage, as with eager). ``cu_seqlens`` are computed
+  on the device and ``max_seqlen`` is the padded length (an upper bound, which anyattn
+  accepts), so the layout itself needs no sync and keeps static shapes for a static cache under
+  ``torch.compile``. Outside ``torch.compile`` the mask function (once per forward and mask
+  type, not per layer) spends one sync to see whether the mask is all ones (then the dense path
+  serves it, as for generate()'s all-ones masks) and, for a padded batch, a second one to check
+  that each row's valid tokens are one contiguous run (left or right padding; holes raise);
 * packed batches (``DataCollatorWithFlattening``): ``cu_seq_lens_q/k`` + ``max_length_q/k``
   kwargs are used as given (no sync); packed ``position_ids`` are turned into ``cu_seqlens``
   once per forward (one sync), cached on the ``position_ids`` tensor that every layer shares;
@@ -421,9 +422,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if cu_q is not None and cu_k is not None:
         max_q, max_k = kwargs.get("max_length_q"), kwargs.get("max_length_k")
-        if mask is not None and mask.varlen is not None:
+        if mask is not None and mask.padded:
             raise ValueError("attn_implementation='anyattn': got both cu_seq_lens_q/k (a packed batch) and a "
                              "padding mask; pass one of them")
+        # (Packed documents that transformers also found in position_ids are the same documents.)
         if max_q is None or max_k is None:
             raise ValueError("attn_implementation='anyattn': cu_seq_lens_q/k need max_length_q/k too, got "
                              f"max_length_q={max_q!r}, max_length_k={max_k!r}")

@@ -164,21 +164,22 @@ def test_forced_reference_backend_matches_eager(name):
 # ------------------------------------------------------------------------------------------
 # Packed (padding-free) batches
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["position_ids", "position_ids_no_cache", "flash_kwargs"])
+@pytest.mark.parametrize("variant", ["position_ids", "position_ids_no_cache", "flash_kwargs",
+                                     "flash_kwargs_no_cache"])
 @pytest.mark.parametrize("name", MODELS)
 def test_flattened_batch_equals_documents_run_separately(name, variant):
     from transformers import DataCollatorWithFlattening
 
     eager, ours = pair(name)
     docs = [_ids(1, n, seed=10 + n)[0].tolist() for n in (7, 3, 9)]
-    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=variant == "flash_kwargs")
+    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=variant.startswith("flash_kwargs"))
     batch = collator([{"input_ids": d} for d in docs])
     kwargs = {k: batch[k] for k in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                                     "max_length_k") if k in batch}
     with torch.no_grad():
         # use_cache=False lets transformers' mask creation detect the packing itself; with a cache
         # (the default) only the position_ids reach the layers.
-        packed = ours(batch["input_ids"], use_cache=variant != "position_ids_no_cache", **kwargs).logits[0]
+        packed = ours(batch["input_ids"], use_cache=not variant.endswith("no_cache"), **kwargs).logits[0]
         start = 0
         for d in docs:
             alone = eager(torch.tensor([d])).logits[0]

@@ -389,9 +389,14 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
     mask = attention_mask
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        # A model that bypasses transformers' mask creation and hands over the raw padding mask.
+        # A model that bypasses transformers' mask creation and hands over the raw padding mask
+        # (read per layer: such a model gives no per-forward hook to cache it on).
+        from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+        causal_layer = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         mask = mask_function(query.shape[0], query.shape[2], key.shape[2],
-                             q_offset=key.shape[2] - query.shape[2], attention_mask=mask, device=query.device)
+                             q_offset=key.shape[2] - query.shape[2], attention_mask=mask, device=query.device,
+                             mask_function=causal_mask_function if causal_layer else bidirectional_mask_function)
     elif mask is not None and not isinstance(mask, AnyattnMask):
         raise ValueError(
             f"attn_implementation='anyattn': got attention_mask={_describe(mask)}; anyattn takes no 4-D or "
@@ -441,7 +446,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     # (cached). Under torch.compile only batch 1 (DataCollatorWithFlattening's layout) is checked,
     # so that batched compiled forwards stay one graph; pass cu_seq_lens_q/k there otherwise.
     if (position_ids is not None and sq == skv and sq > 1 and not (mask is not None and mask.has_padding_mask)
-            and position_ids.shape[-1] == sq and (b == 1 or not _compiling())):
+            and position_ids.dim() == 2 and position_ids.shape[-1] == sq and (b == 1 or not _compiling())):
         docs = _documents_from_position_ids(position_ids, b)
         if docs is not None:
             cu, max_len = docs

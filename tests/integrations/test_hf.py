@@ -475,3 +475,17 @@ def test_cross_attention_padding_matches_naive():
     full, _ = ahf.attention_forward(_Module(False), q, k, v, dense)
     ref, _ = naive.attend_one_sequence(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1))
     torch.testing.assert_close(full[0].double(), ref, atol=1e-5, rtol=0)
+
+
+def test_raw_two_d_mask_handed_to_the_layer_is_honoured():
+    # A model that skips transformers' mask creation passes its (B, S) padding mask straight on.
+    from tests import naive
+
+    q, k, v = _qkv(2, 4, 2, 6, 6, seed=3)
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0  # left padding
+    for causal in (True, False):
+        out, _ = ahf.attention_forward(_Module(causal), q, k, v, mask)
+        ref, _ = naive.attend_one_sequence(q[1, :, 2:].transpose(0, 1), k[1, :, 2:].transpose(0, 1),
+                                           v[1, :, 2:].transpose(0, 1), causal=causal)
+        torch.testing.assert_close(out[1, 2:].double(), ref, atol=1e-5, rtol=0)

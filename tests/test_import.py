@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-HEAVY = ("flash_attn", "flash_attn_interface", "flashinfer", "xformers", "triton", "rich", "vllm")
+HEAVY = ("flash_attn", "flash_attn_interface", "flashinfer", "xformers", "triton", "rich", "vllm", "transformers")
 
 
 def test_import_pulls_in_no_optional_package():

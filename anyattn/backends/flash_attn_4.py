@@ -240,6 +240,10 @@ class FlashAttn4Backend(V.VendorBackend):
                            "kernel lacks learnable_sink)")
             if req.softcap and major == 12:
                 out.append("no soft-capping backward on sm12x (no score_mod backward there)")
+            if req.gqa_ratio > 1 and d != dv:
+                # seen on the H200 with 4.0.0b36: "GQA backward requires head_dim == head_dim_v"
+                out.append(f"no GQA backward with head_dim {d} != head_dim_v {dv} (its backward asserts "
+                           "head_dim == head_dim_v under GQA)")
         return out
 
     def notes(self, req: Request) -> list[str]:

@@ -268,7 +268,7 @@ def paged_config(*, batch, hkv, group, max_seqlen_q, max_seqlen_k, head_dim, hea
                  dtype, device, page, num_splits=None, config=None) -> dict:
     """Launch configuration from shapes only (graph safe).
 
-    Tuned on H200 / Triton 3.6 with benchmarks/triton_sweep.py (docs/PERF.md): decode uses
+    Tuned on H200 / Triton 3.6 with benchmarks/triton_sweep.py (git history, 3df1865; numbers in docs/PERF.md): decode uses
     BLOCK_N=64 and 3 pipeline stages; the split count gives about ``split_target``
     programs per SM but keeps at least ``min_split_tiles`` key tiles per split.
     """

@@ -386,7 +386,7 @@ def prefill_config(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: b
     """Static launch configuration: BLOCK_M, BLOCK_N, num_warps, num_stages.
 
     sm90 entries were picked by benchmarks/triton_sweep.py and
-    benchmarks/prefill_short_sweep.py on an H200 with Triton 3.6 (docs/PERF.md); other archs
+    benchmarks/prefill_short_sweep.py (git history, 3df1865) on an H200 with Triton 3.6 (docs/PERF.md); other archs
     use conservative FA2 settings (not measured here). On sm90 with TMA the table also keys
     on ``max_seqlen_k`` in at most three buckets per (head dim, causal): short key ranges and
     causal masks (few key tiles per program) take 64-row, 4-warp tiles (two programs per SM,

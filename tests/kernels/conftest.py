@@ -12,5 +12,6 @@ import sys
 
 import torch
 
+# (tests/conftest.py does the same for the whole suite; this keeps `pytest tests/kernels` alone right)
 if "triton" not in sys.modules and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -84,6 +84,9 @@ class TritonBackend(Backend):
         out = []
         if req.dtype == torch.float32:
             out.append("float32 runs full-precision fp32 dots (no tensor-core tf32): correct but slow")
+        if req.grad and req.op != "paged":
+            out.append("backward: deterministic Triton kernels (no atomics; dQ in its own pass, "
+                       "which recomputes Q.K^T and dO.V^T); ALiBi slopes get no gradient")
         if req.capability is not None and req.capability >= (9, 0) and req.op != "paged":
             out.append("TMA tensor descriptors are used when q/k/v have a unit last stride and "
                        "16-byte aligned rows; otherwise a slower pointer-load path")
@@ -194,6 +197,7 @@ class _TritonAttentionFn(torch.autograd.Function):
         return o, lse
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_lse):
         q, k, v, o, lse, sinks, alibi_slopes, cu_q, cu_k = ctx.saved_tensors
         max_q, max_k, causal, scale, window, softcap = ctx.args

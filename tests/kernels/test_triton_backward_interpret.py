@@ -1,7 +1,7 @@
 """The Triton backward (anyattn/kernels/triton_backward.py) under Triton's CPU interpreter.
 
 Gradients are compared with torch.autograd on an independent float64 formula written here
-(``_ref_one``: logsumexp over the visible logits plus the sink column). The loss is
+(tests/kernels/_grad_ref.py: logsumexp over the visible logits plus the sink column). The loss is
 ``sum(out * dO) + sum(lse * dlse)`` with fresh random dO/dlse, so a gradient flowing into the
 lse is covered too. dq/dk/dv are NaN-poisoned strided views of larger buffers: an unwritten
 element or a write outside the view fails. Shapes are tiny and odd (head dims 24/40/48,
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -36,60 +37,14 @@ if not _interpreting():
         raise RuntimeError(_why)
     pytest.skip(_why, allow_module_level=True)
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _grad_ref import ref_grads as _ref_grads  # noqa: E402
+
 from anyattn.backends.triton import TritonBackend  # noqa: E402
 from anyattn.kernels import triton_backward as BW  # noqa: E402
 from anyattn.kernels import triton_prefill as P  # noqa: E402
 
 TOL = {torch.float16: 1e-2, torch.float32: 1e-5}
-
-
-# ---- independent float64 formula -----------------------------------------------------------
-
-def _ref_one(q, k, v, *, scale, causal=False, window=(-1, -1), softcap=0.0, slopes=None,
-             sinks=None):
-    """One sequence, float64, differentiable. q (Sq,Hq,D), k (Sk,Hkv,D), v (Sk,Hkv,Dv)."""
-    Sq, Hq, _ = q.shape
-    Sk, Hkv, _ = v.shape
-    g = Hq // Hkv
-    kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
-    s = torch.einsum("qhd,khd->hqk", q, kk) * scale
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    pos = torch.arange(Sq, dtype=torch.float64)[:, None] + (Sk - Sq)  # query's key position
-    j = torch.arange(Sk, dtype=torch.float64)[None, :]
-    if slopes is not None:
-        s = s - slopes.double()[:, None, None] * (pos - j).abs()
-    keep = torch.ones(Sq, Sk, dtype=torch.bool)
-    if causal:
-        keep &= j <= pos
-    if window[0] >= 0:
-        keep &= j >= pos - window[0]
-    if window[1] >= 0:
-        keep &= j <= pos + window[1]
-    s = s.masked_fill(~keep, -math.inf)
-    cols = s if sinks is None else torch.cat([s, sinks[:, None, None].expand(Hq, Sq, 1)], -1)
-    if cols.shape[-1] == 0:
-        lse = torch.full((Hq, Sq), -math.inf, dtype=torch.float64)
-    else:
-        lse = torch.logsumexp(cols, -1)
-    p = torch.exp(s - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-    return torch.einsum("hqk,khd->qhd", p, vv), lse
-
-
-def _ref_grads(q, k, v, do, dlse, seqs, *, sinks, slopes, **kw):
-    """float64 gradients of sum(out*do) + sum(lse*dlse). ``seqs`` yields per-sequence
-    (index into q/do rows, index into k/v rows, lse column index, batch index)."""
-    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
-    sd = sinks.detach().double().requires_grad_() if sinks is not None else None
-    loss = qd.new_zeros(())
-    for qi, ki, li, b in seqs:
-        sl = None if slopes is None else (slopes[b] if slopes.dim() == 2 else slopes)
-        o, lse = _ref_one(qd[qi], kd[ki], vd[ki], slopes=sl, sinks=sd, **kw)
-        loss = loss + (o * do[qi].double()).sum()
-        if dlse is not None:
-            loss = loss + (torch.where(torch.isfinite(lse), lse, 0.0) * dlse[li].double()).sum()
-    loss.backward()
-    return qd.grad, kd.grad, vd.grad, (sd.grad if sd is not None else None)
 
 
 def _rel(a, b):

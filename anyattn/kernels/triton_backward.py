@@ -451,8 +451,11 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     ``dq``: (BLOCK_M query rows per program, BLOCK_N keys per step, warps, stages).
     Tall key blocks for dK/dV and tall query blocks for dQ (the resident operand is the large
     one, the streamed one small), after FlashAttention-2 and Triton's fused-attention tutorial.
-    Not yet tuned by measurement; a configuration that exceeds the GPU's shared memory is
-    shrunk at first launch (see ``_launch``).
+    Not yet timed on a GPU: the sm90 entries are the candidates with the fewest register
+    spills when compiled for sm90a with Triton 3.9 on a machine without a GPU (ptxas resource
+    usage; d64 none, d128 <= ~0.4 KB, d256 <= ~0.6 KB per thread; the larger 128-key dK/dV
+    tile spills ~1 KB at d128). A configuration that exceeds the GPU's shared memory is shrunk
+    at first launch (see ``_launch``).
     """
     bd = max(16, next_pow2(max(head_dim, head_dim_v)))
     if interpret_mode() or device.type != "cuda":
@@ -467,10 +470,10 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     big_smem = major >= 9 or (major == 8 and minor == 0)  # sm80 / sm90: 164-228 KB per SM
     if big_smem:
         if bd <= 64:
-            return dict(dkdv=(32, 128, 4, 3), dq=(128, 32, 4, 3))
+            return dict(dkdv=(32, 128, 8, 3), dq=(128, 64, 8, 3))
         if bd <= 128:
-            return dict(dkdv=(32, 128, 8, 2), dq=(128, 32, 8, 2))
-        return dict(dkdv=(16, 64, 8, 1), dq=(64, 32, 8, 1))
+            return dict(dkdv=(32, 64, 8, 2), dq=(128, 32, 8, 2))
+        return dict(dkdv=(16, 32, 8, 1), dq=(64, 16, 8, 1))
     # sm75 / sm86 / sm89: ~100 KB shared memory per SM
     if bd <= 64:
         return dict(dkdv=(32, 64, 4, 2), dq=(64, 32, 4, 2))

@@ -540,6 +540,8 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
               cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, dq=None, dk=None,
               dv=None, config=None):
     varlen = cu_seqlens_q is not None
+    if do.dtype != q.dtype:  # the products pair dO with P and V in the input dtype
+        do = do.to(q.dtype)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv

@@ -285,6 +285,22 @@ def test_backend_autograd_varlen_and_entry_points():
         assert torch.equal(g, r)
 
 
+def test_backend_autograd_expanded_grad():
+    """``out.sum().backward()`` hands the backward an expanded dO (all strides 0)."""
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    q = torch.randn(2, 13, 2, 16, generator=gen).requires_grad_()
+    k = torch.randn(2, 18, 1, 16, generator=gen).requires_grad_()
+    v = torch.randn(2, 18, 1, 16, generator=gen).requires_grad_()
+    o, _ = TritonBackend().attention(q, k, v, causal=False, scale=0.3, window=(4, 4),
+                                     softcap=0.0, alibi_slopes=None, sinks=None,
+                                     return_lse=False, out=None)
+    o.sum().backward()
+    ref = _ref_grads(q, k, v, torch.ones(o.shape), None, [(0, 0, 0, 0), (1, 1, 1, 1)],
+                     sinks=None, slopes=None, scale=0.3, window=(4, 4))
+    for g, r in zip((q.grad, k.grad, v.grad), ref):
+        assert _rel(g, r) < TOL[torch.float32]
+
+
 def test_backend_declares_grad_and_refuses_paged_grad():
     from anyattn.request import Request
 

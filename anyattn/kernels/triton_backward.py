@@ -26,12 +26,18 @@ delta`` is a small torch reduction over the preprocess buffers (deterministic to
 receive no gradient. Each of the three loops over tiles is split like the forward's: masked
 edge tiles and an unmasked middle.
 
+On sm90, ``config={"TMA": True}`` (or ``ANYATTN_TRITON_BWD_TMA=1``) loads the streamed tiles
+(Q/dO in the dK/dV kernel, K/V in the dQ kernel) through device-side tensor descriptors, which
+frees the registers of 64-bit pointer tiles (fewer spills, larger tiles); opt-in until timed.
+
 Paged KV caches have no backward (inference only). Launch configurations come from a static
 table (no autotuning); a configuration that does not fit the GPU's shared memory is shrunk
 and the fitting one remembered.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -89,34 +95,44 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, start, end, offs_
                 left, right, D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr,
                 MASK: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
-                EVEN_DV: tl.constexpr, PREC: tl.constexpr):
+                EVEN_DV: tl.constexpr, PREC: tl.constexpr, qd, dod, TMA: tl.constexpr):
     # Transposed tiles (keys along rows): p^T and ds^T feed dV += p^T dO and dK += ds^T Q
     # without a register transpose.
     for m0 in range(start, end, BLOCK_M):
         offs_m = m0 + offs_m0
-        qT_ptrs = q_base + offs_m[None, :].to(tl.int64) * sq_m + offs_d[:, None] * sq_d
-        do_ptrs = do_base + offs_m[:, None].to(tl.int64) * sdo_m + offs_dv[None, :] * sdo_d
+        if TMA:
+            # descriptors bounded by the sequence: rows past its end read as zero, and no
+            # 64-bit pointer tile occupies registers
+            q = qd.load([m0, 0])
+            do = dod.load([m0, 0])
+            qT = tl.trans(q)
+        else:
+            qT_ptrs = q_base + offs_m[None, :].to(tl.int64) * sq_m + offs_d[:, None] * sq_d
+            do_ptrs = do_base + offs_m[:, None].to(tl.int64) * sdo_m + offs_dv[None, :] * sdo_d
+            if MASK:
+                mm = offs_m < Sq
+                if EVEN_D:
+                    qT = tl.load(qT_ptrs, mask=mm[None, :], other=0.0)
+                else:
+                    qT = tl.load(qT_ptrs, mask=mm[None, :] & (offs_d[:, None] < D), other=0.0)
+                if EVEN_DV:
+                    do = tl.load(do_ptrs, mask=mm[:, None], other=0.0)
+                else:
+                    do = tl.load(do_ptrs, mask=mm[:, None] & (offs_dv[None, :] < DV), other=0.0)
+            else:
+                if EVEN_D:
+                    qT = tl.load(qT_ptrs)
+                else:
+                    qT = tl.load(qT_ptrs, mask=offs_d[:, None] < D, other=0.0)
+                if EVEN_DV:
+                    do = tl.load(do_ptrs)
+                else:
+                    do = tl.load(do_ptrs, mask=offs_dv[None, :] < DV, other=0.0)
         if MASK:
             mm = offs_m < Sq
-            if EVEN_D:
-                qT = tl.load(qT_ptrs, mask=mm[None, :], other=0.0)
-            else:
-                qT = tl.load(qT_ptrs, mask=mm[None, :] & (offs_d[:, None] < D), other=0.0)
-            if EVEN_DV:
-                do = tl.load(do_ptrs, mask=mm[:, None], other=0.0)
-            else:
-                do = tl.load(do_ptrs, mask=mm[:, None] & (offs_dv[None, :] < DV), other=0.0)
             lse2 = tl.load(l_base + offs_m, mask=mm, other=float("inf"))
             delta = tl.load(x_base + offs_m, mask=mm, other=0.0)
         else:
-            if EVEN_D:
-                qT = tl.load(qT_ptrs)
-            else:
-                qT = tl.load(qT_ptrs, mask=offs_d[:, None] < D, other=0.0)
-            if EVEN_DV:
-                do = tl.load(do_ptrs)
-            else:
-                do = tl.load(do_ptrs, mask=offs_dv[None, :] < DV, other=0.0)
             lse2 = tl.load(l_base + offs_m)
             delta = tl.load(x_base + offs_m)
         qkT = tl.dot(k, qT, input_precision=PREC)
@@ -132,7 +148,10 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, start, end, offs_
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT = dsT * dcap
-        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+        if TMA:
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PREC)
+        else:
+            dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
     return dk, dv
 
 
@@ -151,7 +170,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr):
+                     SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
+                     TMA: tl.constexpr):
     pid_n = tl.program_id(0)
     kvh = tl.program_id(1)
     b = tl.program_id(2)
@@ -237,18 +257,27 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
             slope2 = tl.load(SLOPES + b * sa_b + h * sa_h).to(tl.float32) * 1.4426950408889634
         else:
             slope2 = 0.0
+        if TMA:
+            Sq1 = tl.maximum(Sq, 1)
+            qd = tl.make_tensor_descriptor(q_base, shape=[Sq1, D], strides=[sq_m, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+            dod = tl.make_tensor_descriptor(do_base, shape=[Sq1, DV], strides=[sdo_m, 1],
+                                            block_shape=[BLOCK_M, BLOCK_DV])
+        else:
+            qd = q_base
+            dod = do_base
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, lo, flo, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, True, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, flo, fh, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, False, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, fh, hi, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, True, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
     dk = dk * sm_scale
     tl.store(dk_base + offs_n[:, None].to(tl.int64) * sdk_n + offs_d[None, :] * sdk_d,
              dk.to(DKP.dtype.element_ty), mask=kmask)
@@ -262,30 +291,16 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, start, end, offs_m, offs_n
               D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
               SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, HAS_LEFT: tl.constexpr,
               HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr, EVEN_DV: tl.constexpr,
-              PREC: tl.constexpr):
+              PREC: tl.constexpr, kd, vd, TMA: tl.constexpr):
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + offs_n0
-        kT_ptrs = k_base + offs_n[None, :].to(tl.int64) * sk_n + offs_d[:, None] * sk_d
-        vT_ptrs = v_base + offs_n[None, :].to(tl.int64) * sv_n + offs_dv[:, None] * sv_d
-        if MASK:
-            nm = offs_n < Sk
-            if EVEN_D:
-                kT = tl.load(kT_ptrs, mask=nm[None, :], other=0.0)
-            else:
-                kT = tl.load(kT_ptrs, mask=nm[None, :] & (offs_d[:, None] < D), other=0.0)
-            if EVEN_DV:
-                vT = tl.load(vT_ptrs, mask=nm[None, :], other=0.0)
-            else:
-                vT = tl.load(vT_ptrs, mask=nm[None, :] & (offs_dv[:, None] < DV), other=0.0)
+        if TMA:
+            kn = kd.load([n0, 0])  # rows past the sequence end read as zero
+            kT = tl.trans(kn)
+            vT = tl.trans(vd.load([n0, 0]))
         else:
-            if EVEN_D:
-                kT = tl.load(kT_ptrs)
-            else:
-                kT = tl.load(kT_ptrs, mask=offs_d[:, None] < D, other=0.0)
-            if EVEN_DV:
-                vT = tl.load(vT_ptrs)
-            else:
-                vT = tl.load(vT_ptrs, mask=offs_dv[:, None] < DV, other=0.0)
+            kT, vT = _load_kT_vT(k_base, v_base, offs_n, offs_d, offs_dv, sk_n, sk_d, sv_n, sv_d,
+                                 Sk, D, DV, MASK, EVEN_D, EVEN_DV)
         qk = tl.dot(q, kT, input_precision=PREC)
         s, dcap = _scores(qk, offs_m[:, None], offs_n[None, :], off, qk_scale, cap2, slope2,
                           SOFTCAP, ALIBI)
@@ -298,8 +313,40 @@ def _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, start, end, offs_m, offs_n
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * dcap
-        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PREC)
+        if TMA:
+            dq = tl.dot(ds.to(kn.dtype), kn, dq, input_precision=PREC)
+        else:
+            dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq, input_precision=PREC)
     return dq
+
+
+@triton.jit
+def _load_kT_vT(k_base, v_base, offs_n, offs_d, offs_dv, sk_n, sk_d, sv_n, sv_d, Sk,
+                D: tl.constexpr, DV: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr,
+                EVEN_DV: tl.constexpr):
+    # pointer loads of one key tile, transposed: K^T (D x N), V^T (Dv x N)
+    kT_ptrs = k_base + offs_n[None, :].to(tl.int64) * sk_n + offs_d[:, None] * sk_d
+    vT_ptrs = v_base + offs_n[None, :].to(tl.int64) * sv_n + offs_dv[:, None] * sv_d
+    if MASK:
+        nm = offs_n < Sk
+        if EVEN_D:
+            kT = tl.load(kT_ptrs, mask=nm[None, :], other=0.0)
+        else:
+            kT = tl.load(kT_ptrs, mask=nm[None, :] & (offs_d[:, None] < D), other=0.0)
+        if EVEN_DV:
+            vT = tl.load(vT_ptrs, mask=nm[None, :], other=0.0)
+        else:
+            vT = tl.load(vT_ptrs, mask=nm[None, :] & (offs_dv[:, None] < DV), other=0.0)
+    else:
+        if EVEN_D:
+            kT = tl.load(kT_ptrs)
+        else:
+            kT = tl.load(kT_ptrs, mask=offs_d[:, None] < D, other=0.0)
+        if EVEN_DV:
+            vT = tl.load(vT_ptrs)
+        else:
+            vT = tl.load(vT_ptrs, mask=offs_dv[:, None] < DV, other=0.0)
+    return kT, vT
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "sq_b", "sk_b", "sv_b",
@@ -316,7 +363,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, SLOPES, CU_Q, CU_K,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                    VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                   SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr):
+                   SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
+                   TMA: tl.constexpr):
     pid_m = tl.program_id(0)
     h = tl.program_id(1)
     b = tl.program_id(2)
@@ -389,19 +437,28 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE2, DELTA, SLOPES, CU_Q, CU_K,
     fh = (fh // BLOCK_N) * BLOCK_N
     fh = tl.minimum(tl.maximum(fh, flo), hi)
 
+    if TMA:
+        Sk1 = tl.maximum(Sk, 1)
+        kd = tl.make_tensor_descriptor(k_base, shape=[Sk1, D], strides=[sk_n, 1],
+                                       block_shape=[BLOCK_N, BLOCK_D])
+        vd = tl.make_tensor_descriptor(v_base, shape=[Sk1, DV], strides=[sv_n, 1],
+                                       block_shape=[BLOCK_N, BLOCK_DV])
+    else:
+        kd = k_base
+        vd = v_base
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, lo, flo, offs_m, offs_n0, offs_d,
                    offs_dv, sk_n, sk_d, sv_n, sv_d, Sq, Sk, off, qk_scale, cap2, slope2, left,
                    right, D, DV, BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D,
-                   EVEN_DV, PREC)
+                   EVEN_DV, PREC, kd, vd, TMA)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, flo, fh, offs_m, offs_n0, offs_d,
                    offs_dv, sk_n, sk_d, sv_n, sv_d, Sq, Sk, off, qk_scale, cap2, slope2, left,
                    right, D, DV, BLOCK_N, False, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D,
-                   EVEN_DV, PREC)
+                   EVEN_DV, PREC, kd, vd, TMA)
     dq = _dq_tiles(dq, q, do, lse2, delta, k_base, v_base, fh, hi, offs_m, offs_n0, offs_d,
                    offs_dv, sk_n, sk_d, sv_n, sv_d, Sq, Sk, off, qk_scale, cap2, slope2, left,
                    right, D, DV, BLOCK_N, True, SOFTCAP, ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D,
-                   EVEN_DV, PREC)
+                   EVEN_DV, PREC, kd, vd, TMA)
     dq = dq * sm_scale
     tl.store(dq_base + offs_m[:, None].to(tl.int64) * sdq_m + offs_d[None, :] * sdq_d,
              dq.to(DQ.dtype.element_ty), mask=qmask)
@@ -444,7 +501,7 @@ def _bwd_pre_kernel(O, DO, LSE, DLSE, LSE2, DELTA,
 # ------------------------------------------------------------------------------
 
 def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
-                    device: torch.device) -> dict:
+                    device: torch.device, tma: bool = False) -> dict:
     """Launch configuration of the two main kernels.
 
     ``dkdv``: (BLOCK_M query rows per step, BLOCK_N keys per program, warps, stages);
@@ -455,7 +512,9 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     spills when compiled for sm90a with Triton 3.9 on a machine without a GPU (ptxas resource
     usage; d64 none, d128 <= ~0.4 KB, d256 <= ~0.6 KB per thread; the larger 128-key dK/dV
     tile spills ~1 KB at d128). A configuration that exceeds the GPU's shared memory is shrunk
-    at first launch (see ``_launch``).
+    at first launch (see ``_launch``). With ``tma`` (sm90 tensor descriptors, opt-in) the
+    entries are those that compile without spills or with the fewest (d64 none, d128 <= 40 B,
+    d256 <= 72 B): no 64-bit pointer tiles, so larger tiles fit.
     """
     bd = max(16, next_pow2(max(head_dim, head_dim_v)))
     if interpret_mode() or device.type != "cuda":
@@ -467,6 +526,12 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
         if bd <= 128:
             return dict(dkdv=(16, 64, 4, 1), dq=(64, 16, 4, 1))
         return dict(dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))
+    if tma and major >= 9:
+        if bd <= 64:
+            return dict(dkdv=(64, 128, 8, 3), dq=(128, 128, 8, 3))
+        if bd <= 128:
+            return dict(dkdv=(32, 64, 8, 2), dq=(128, 64, 8, 2))
+        return dict(dkdv=(16, 32, 8, 1), dq=(64, 32, 8, 2))
     big_smem = major >= 9 or (major == 8 and minor == 0)  # sm80 / sm90: 164-228 KB per SM
     if big_smem:
         if bd <= 64:
@@ -480,6 +545,37 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     if bd <= 128:
         return dict(dkdv=(32, 64, 4, 1), dq=(64, 32, 4, 1))
     return dict(dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))
+
+
+_ALLOCATOR_SET = False
+
+
+def _ensure_allocator():
+    # device-side tensor descriptors need a small global scratch buffer per launch (the same
+    # allocator the forward installs; process-wide)
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        def alloc(size, alignment, stream):
+            return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+        triton.set_allocator(alloc)
+        _ALLOCATOR_SET = True
+
+
+def _tma_ok(*tensors) -> bool:
+    """Device-side tensor descriptors: sm90+, Triton >= 3.4, 16-bit data, unit last stride,
+    16-byte aligned bases and row strides."""
+    t0 = tensors[0]
+    if not (hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
+        return False
+    # the interpreter emulates descriptors on CPU (the CPU tests run this path)
+    if not interpret_mode() and (t0.device.type != "cuda" or capability(t0.device)[0] < 9):
+        return False
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.stride(-1) != 1 \
+                or t.data_ptr() % 16 or any(st % 8 for st in t.stride()[:-1]):
+            return False
+    return True
 
 
 _FITTED: dict = {}  # (kernel, key) -> the configuration that compiled within the GPU's limits
@@ -528,7 +624,9 @@ def flash_attention_backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=
             max_seqlen_q/k host ints.
     Any strides. ``dq``/``dk``/``dv`` may be given (any strides, fully overwritten); otherwise
     allocated like q/k/v. Returns ``(dq, dk, dv, dsinks)``, dsinks None without sinks.
-    ``config`` overrides the table: ``{"dkdv": (BM, BN, warps, stages), "dq": (...)}``.
+    ``config`` overrides the table: ``{"dkdv": (BM, BN, warps, stages), "dq": (...)}``, and
+    ``{"TMA": True}`` loads the streamed tiles through tensor descriptors (sm90; opt-in, also
+    by ``ANYATTN_TRITON_BWD_TMA=1``; falls back to pointer loads where the layout does not allow).
     Inputs are assumed validated by the caller.
     """
     with device_guard(q):
@@ -600,16 +698,24 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
             else (0, alibi_slopes.stride(0))
     else:
         sa = (0, 0)
-    cfg = backward_config(D, Dv, q.dtype, q.device)
+    # TMA (device-side descriptors for the streamed Q/dO and K/V tiles): opt-in until timed on
+    # a GPU; ``config={"TMA": True}`` turns it on where the layout allows.
+    want = (config or {}).get("TMA")
+    if want is None:  # ANYATTN_TRITON_BWD_TMA=1: the same switch process-wide (for A/B timing)
+        want = os.environ.get("ANYATTN_TRITON_BWD_TMA", "0") not in ("", "0", "false", "False")
+    tma = bool(want) and _tma_ok(q, k, v, do)
+    cfg = backward_config(D, Dv, q.dtype, q.device, tma=tma)
     if config:
         cfg.update(config)
-    consts = dict(GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_D=max(16, next_pow2(D)),
+    if tma and not interpret_mode():
+        _ensure_allocator()
+    consts = dict(TMA=tma, GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_D=max(16, next_pow2(D)),
                   BLOCK_DV=max(16, next_pow2(Dv)), VARLEN=varlen, HAS_LEFT=has_left,
                   HAS_RIGHT=has_right, SOFTCAP=has_cap, ALIBI=alibi_slopes is not None,
                   PREC=dot_precision(q.dtype))
     slopes = alibi_slopes if alibi_slopes is not None else lse2
     common = (*sx, *sa, seqlen_q, seqlen_k, float(scale), qk_scale, cap2, left, right)
-    dev_key = (q.device.type, q.device.index, D, Dv, q.dtype)
+    dev_key = (q.device.type, q.device.index, D, Dv, q.dtype, tma)
     if grid_k > 0 and Hkv > 0:
         _launch(_bwd_dkdv_kernel, lambda bm, bn: (cdiv(grid_k, bn), Hkv, B),
                 ("dkdv",) + dev_key, cfg["dkdv"],

@@ -236,3 +236,62 @@ def test_long_sequence_against_sdpa():
     rq, rk, rv = torch.autograd.grad(of, (qf, kf, vf), do.float().transpose(1, 2))
     for g, r in zip((dq, dk, dv), (rq, rk, rv)):
         assert _rel(g, r.transpose(1, 2)) < TOL[torch.bfloat16]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="tensor descriptors need sm90")
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("fi", [0, 1, 3, 7], ids=["plain", "causal", "window", "all"])
+def test_tma_path(fi, d):
+    """config={"TMA": True} (device-side descriptors for the streamed tiles) against float64,
+    and bit-identical to itself on a rerun."""
+    from anyattn.kernels import triton_backward as BW
+
+    feat = FEATS[fi]
+    shape = SHAPES[(fi + d) % len(SHAPES)]
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    q, k, v, o, lse, do, dlse, scale, kw = _dense(shape, feat, d, d, torch.bfloat16, seed)
+    do = do.contiguous()  # descriptors need a unit last stride and aligned rows
+    k = k.contiguous()
+    assert BW._tma_ok(q, k, v, do)
+    args = dict(scale=scale, causal=kw["causal"], window=kw["window"],
+                softcap=kw["softcap"] or None, alibi_slopes=kw["alibi_slopes"],
+                sinks=kw["sinks"], config=dict(TMA=True))
+    got = BW.flash_attention_backward(do, q, k, v, o, lse, dlse, **args)
+    again = BW.flash_attention_backward(do, q, k, v, o, lse, dlse, **args)
+    ref = ref_grads(q, k, v, do, dlse, [(i, i, i, 0) for i in range(shape[0])],
+                    sinks=kw["sinks"], slopes=kw["alibi_slopes"], scale=scale, **_ref_kw(kw))
+    for name, g, g2, r in zip(("dq", "dk", "dv", "dsinks"), got, again, ref):
+        if r is None:
+            continue
+        assert _rel(g, r) < TOL[torch.bfloat16], f"{name} (seed {seed})"
+        assert torch.equal(g, g2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+                    reason="tensor descriptors need sm90")
+def test_tma_path_varlen():
+    from anyattn.kernels import triton_backward as BW
+
+    gen = torch.Generator(device=DEV).manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+    lens_q, lens_k = [0, 1, 517, 64, 300], [40, 1, 600, 64, 0]
+    cu_q = torch.tensor([0] + lens_q, device=DEV).cumsum(0).to(torch.int32)
+    cu_k = torch.tensor([0] + lens_k, device=DEV).cumsum(0).to(torch.int32)
+    q = torch.randn(sum(lens_q), 8, 128, device=DEV, dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(sum(lens_k), 2, 128, device=DEV, dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(sum(lens_k), 2, 128, device=DEV, dtype=torch.bfloat16, generator=gen)
+    vl = (cu_q, cu_k, max(lens_q), max(lens_k))
+    with torch.no_grad():
+        o, lse = anyattn.varlen_attention(q, k, v, *vl, causal=True, return_lse=True,
+                                          backend="triton")
+    do = torch.randn(o.shape, device=DEV, dtype=torch.bfloat16, generator=gen)
+    got = BW.flash_attention_backward(do, q, k, v, o, lse, None, scale=128 ** -0.5, causal=True,
+                                      cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+                                      max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k),
+                                      config=dict(TMA=True))
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    seqs = [(slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1]), None, b) for b in range(5)]
+    ref = ref_grads(q, k, v, do, None, seqs, sinks=None, slopes=None, scale=128 ** -0.5,
+                    causal=True)
+    for name, g, r in zip(("dq", "dk", "dv"), got, ref):
+        assert _rel(g, r) < TOL[torch.bfloat16], name

@@ -161,6 +161,20 @@ VARLEN = [
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("case", VARLEN, ids=[f"varlen{i}" for i in range(len(VARLEN))])
 def test_varlen_grads(case, dtype):
+    _varlen_case(case, dtype, None)
+
+
+@pytest.mark.parametrize("case", VARLEN[:3], ids=[f"varlen{i}" for i in range(3)])
+def test_varlen_tma_path(case, monkeypatch):
+    """The descriptor path per sequence (bounded at each sequence's end), fp16."""
+    seen = []
+    real = BW._tma_ok
+    monkeypatch.setattr(BW, "_tma_ok", lambda *t: seen.append(real(*t)) or seen[-1])
+    _varlen_case(case, torch.float16, dict(TMA=True))
+    assert seen == [True], "the descriptor path was not taken"
+
+
+def _varlen_case(case, dtype, config):
     lq, lk, Hq, Hkv, D, Dv, feat = case
     seed = int(torch.randint(0, 2**31 - 1, ()))
     gen = torch.Generator().manual_seed(seed)
@@ -182,7 +196,7 @@ def test_varlen_grads(case, dtype):
             _poisoned(v.shape, dtype, 2)]
     dq, dk, dv, ds = BW.flash_attention_backward(
         do, q, k, v, out, lse, dlse, scale=D ** -0.5, alibi_slopes=slopes, sinks=sinks,
-        dq=bufs[0][1], dk=bufs[1][1], dv=bufs[2][1], **vl, **kw)
+        dq=bufs[0][1], dk=bufs[1][1], dv=bufs[2][1], config=config, **vl, **kw)
     seqs = []
     for b in range(len(lq)):
         qi = slice(int(cu_q[b]), int(cu_q[b + 1]))
@@ -312,3 +326,35 @@ def test_backend_declares_grad_and_refuses_paged_grad():
                   grad=True, causal_offset=True, block_size=16, window_right=False)
     reasons = be.extra_reasons(req)
     assert any("paged" in r and "backward" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[2], DENSE[4], DENSE[5], DENSE[9]],
+                         ids=["gqa-d40", "causal-sq>sk", "left-sinks", "softcap-alibi-dv16",
+                              "right-dv40"])
+def test_tma_path(case, monkeypatch):
+    """config={"TMA": True}: Q/dO and K/V tiles through tensor descriptors bounded by the
+    sequence (the interpreter emulates them); rows past the end must read as zero."""
+    B, Sq, Sk, Hq, Hkv, D, Dv, feat = case
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    gen = torch.Generator().manual_seed(seed)
+    kw, slopes, sinks = _extras(Hq, B, feat, gen)
+    q = torch.randn(B, Sq, Hq, D, generator=gen).half()
+    k = torch.randn(B, Sk, Hkv, D, generator=gen).half()
+    v = torch.randn(B, Sk, Hkv, Dv, generator=gen).half()
+    out = torch.empty(B, Sq, Hq, Dv).half()
+    lse = torch.empty(B, Hq, Sq)
+    P.flash_attention_forward(q, k, v, out, lse, scale=D ** -0.5, alibi_slopes=slopes,
+                              sinks=sinks, **kw)
+    do = torch.randn(B, Sq, Hq, Dv, generator=gen).half()
+    dlse = torch.randn(B, Hq, Sq, generator=gen)
+    seen = []
+    real = BW._tma_ok
+    monkeypatch.setattr(BW, "_tma_ok", lambda *t: seen.append(real(*t)) or seen[-1])
+    got = BW.flash_attention_backward(do, q, k, v, out, lse, dlse, scale=D ** -0.5,
+                                      alibi_slopes=slopes, sinks=sinks,
+                                      config=dict(TMA=True), **kw)
+    assert seen == [True], "the descriptor path was not taken"
+    ref = _ref_grads(q, k, v, do, dlse, [(b, b, b, b) for b in range(B)], sinks=sinks,
+                     slopes=slopes, scale=D ** -0.5, **_ref_kw(kw))
+    for name, g, r in zip(("dq", "dk", "dv"), got, ref):
+        assert _rel(g, r) < TOL[torch.float16], f"{name} (seed {seed})"

@@ -20,11 +20,12 @@ is no fp32 dQ scratch buffer, no atomics and no conversion pass.
 
 Logits are recomputed in the log2 domain exactly as the forward builds them (scale, softcap
 ``c * tanh(x / c)``, ALiBi ``-slope * |i + Sk - Sq - j|``, lower-right causal / window
-masks). Softcap enters the chain rule as ``1 - tanh^2``; ALiBi and sinks have no gradient
-path into q/k/v beyond the lse. The sink gradient ``dsink_h = -sum_rows exp(sink_h - lse) *
-delta`` is a small torch reduction over the preprocess buffers (deterministic too). ALiBi slopes
-receive no gradient. Each of the three loops over tiles is split like the forward's: masked
-edge tiles and an unmasked middle.
+masks). Softcap enters the chain rule as ``1 - tanh^2``; ALiBi is an additive constant of the
+logits and sinks act through the lse only, so neither adds a term to dq/dk/dv. The sink
+gradient ``dsink_h = -sum_rows exp(sink_h - lse) * delta`` is a small torch reduction over the
+preprocess buffer (deterministic too). ALiBi slopes receive no gradient. Both main loops are
+split like the forward's: masked edge tiles (causal diagonal, window edges, sequence ends)
+and an unmasked middle.
 
 On sm90, ``config={"TMA": True}`` (or ``ANYATTN_TRITON_BWD_TMA=1``) loads the streamed tiles
 (Q/dO in the dK/dV kernel, K/V in the dQ kernel) through device-side tensor descriptors, which

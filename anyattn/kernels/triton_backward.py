@@ -1,7 +1,7 @@
 """Dense and varlen attention backward: FlashAttention-2 style Triton kernels.
 
 Three launches, no atomics, so the result is deterministic by construction (the same bits on
-every run for the same inputs and launch configuration; this is the only mode):
+every run for the same inputs and launch configuration). This is the default mode:
 
 1. ``_bwd_pre_kernel``: per query row, ``delta = rowsum(dO * O) - dlse`` (the gradient flowing
    into the log-sum-exp enters here: d lse_i / d s_ij = p_ij) and ``lse2 = lse * log2(e)``
@@ -17,6 +17,13 @@ every run for the same inputs and launch configuration; this is the only mode):
 The cost of determinism: the dQ kernel recomputes Q.K^T and dO.V^T (7 matrix products per tile
 pair instead of the 5 of an atomic-dQ kernel), about 1.4x the arithmetic; in exchange there
 is no fp32 dQ scratch buffer, no atomics and no conversion pass.
+
+Non-default mode, ``config={"deterministic": False}`` or ``ANYATTN_TRITON_BWD_DETERMINISTIC=0``:
+no dQ kernel; the dK/dV kernel also forms each tile's dS.K and adds it into a zeroed fp32 dQ
+buffer with atomics (FlashAttention-2's scheme), then one pass scales and converts it. Costs:
+an fp32 buffer the size of q (4 bytes per element), its zeroing and conversion passes, atomic
+traffic to L2 and run-to-run differences in the last bits of dQ (dK, dV and dsinks stay
+deterministic). Which mode is faster is to be measured.
 
 Logits are recomputed in the log2 domain exactly as the forward builds them (scale, softcap
 ``c * tanh(x / c)``, ALiBi ``-slope * |i + Sk - Sq - j|``, lower-right causal / window
@@ -96,7 +103,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, start, end, offs_
                 left, right, D: tl.constexpr, DV: tl.constexpr, BLOCK_M: tl.constexpr,
                 MASK: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, EVEN_D: tl.constexpr,
-                EVEN_DV: tl.constexpr, PREC: tl.constexpr, qd, dod, TMA: tl.constexpr):
+                EVEN_DV: tl.constexpr, PREC: tl.constexpr, qd, dod, TMA: tl.constexpr,
+                dqa_base, sqa_m, ATOMIC: tl.constexpr):
     # Transposed tiles (keys along rows): p^T and ds^T feed dV += p^T dO and dK += ds^T Q
     # without a register transpose.
     for m0 in range(start, end, BLOCK_M):
@@ -153,6 +161,12 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, start, end, offs_
             dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=PREC)
         else:
             dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk, input_precision=PREC)
+        if ATOMIC:
+            # non-deterministic mode: this key block's share of dQ = dS K, added in fp32
+            # (the order of the additions across key blocks varies from run to run)
+            dqt = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PREC)
+            tl.atomic_add(dqa_base + offs_m[:, None].to(tl.int64) * sqa_m + offs_d[None, :], dqt,
+                          mask=(offs_m[:, None] < Sq) & (offs_d[None, :] < D), sem="relaxed")
     return dk, dv
 
 
@@ -167,12 +181,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
                      sdv_b, sdv_n, sdv_h, sdv_d,
                      sx_b, sx_h, sa_b, sa_h,
                      seqlen_q, seqlen_k, sm_scale, qk_scale, cap2, left, right,
+                     DQA, sqa_b, sqa_m, sqa_h,
                      GROUP: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                      SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, PREC: tl.constexpr,
-                     TMA: tl.constexpr):
+                     TMA: tl.constexpr, ATOMIC: tl.constexpr):
     pid_n = tl.program_id(0)
     kvh = tl.program_id(1)
     b = tl.program_id(2)
@@ -183,6 +198,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
         Sk = tl.load(CU_K + b + 1) - k_start
         q_row = Q + q_start.to(tl.int64) * sq_m
         do_row = DO + q_start.to(tl.int64) * sdo_m
+        dqa_row = DQA + q_start.to(tl.int64) * sqa_m
         x_row = q_start.to(tl.int64)
         k_base = K + k_start.to(tl.int64) * sk_n + kvh * sk_h
         v_base = V + k_start.to(tl.int64) * sv_n + kvh * sv_h
@@ -194,6 +210,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
         bb = b.to(tl.int64)
         q_row = Q + bb * sq_b
         do_row = DO + bb * sdo_b
+        dqa_row = DQA + bb * sqa_b
         x_row = bb * sx_b
         k_base = K + bb * sk_b + kvh * sk_h
         v_base = V + bb * sv_b + kvh * sv_h
@@ -251,6 +268,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
     for hh in range(GROUP):
         h = kvh * GROUP + hh
         q_base = q_row + h * sq_h
+        dqa_base = dqa_row + h * sqa_h
         do_base = do_row + h * sdo_h
         l_base = LSE2 + x_row + h * sx_h
         x_base = DELTA + x_row + h * sx_h
@@ -270,15 +288,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DKP, DVP, LSE2, DELTA, SLOPES, CU_Q, CU_K,
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, lo, flo, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, True, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA,
+                             dqa_base, sqa_m, ATOMIC)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, flo, fh, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, False, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA,
+                             dqa_base, sqa_m, ATOMIC)
         dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, l_base, x_base, fh, hi, offs_n,
                              offs_m0, offs_d, offs_dv, sq_m, sq_d, sdo_m, sdo_d, Sq, Sk, off,
                              qk_scale, cap2, slope2, left, right, D, DV, BLOCK_M, True, SOFTCAP,
-                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA)
+                             ALIBI, HAS_LEFT, HAS_RIGHT, EVEN_D, EVEN_DV, PREC, qd, dod, TMA,
+                             dqa_base, sqa_m, ATOMIC)
     dk = dk * sm_scale
     tl.store(dk_base + offs_n[:, None].to(tl.int64) * sdk_n + offs_d[None, :] * sdk_d,
              dk.to(DKP.dtype.element_ty), mask=kmask)
@@ -579,6 +600,16 @@ def _tma_ok(*tensors) -> bool:
     return True
 
 
+def _deterministic(config) -> bool:
+    """Deterministic (the default) unless ``config={"deterministic": False}`` or
+    ``ANYATTN_TRITON_BWD_DETERMINISTIC=0``."""
+    want = (config or {}).get("deterministic")
+    if want is None:
+        want = os.environ.get("ANYATTN_TRITON_BWD_DETERMINISTIC", "1") not in (
+            "0", "false", "False")
+    return bool(want)
+
+
 _FITTED: dict = {}  # (kernel, key) -> the configuration that compiled within the GPU's limits
 
 
@@ -710,6 +741,9 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
         cfg.update(config)
     if tma and not interpret_mode():
         _ensure_allocator()
+    # deterministic=False: dQ from atomics in the dK/dV kernel (5 products per tile pair
+    # instead of 7, one fp32 dQ buffer and a conversion pass; bits vary between runs)
+    atomic = not _deterministic(config)
     consts = dict(TMA=tma, GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_D=max(16, next_pow2(D)),
                   BLOCK_DV=max(16, next_pow2(Dv)), VARLEN=varlen, HAS_LEFT=has_left,
                   HAS_RIGHT=has_right, SOFTCAP=has_cap, ALIBI=alibi_slopes is not None,
@@ -717,12 +751,21 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
     slopes = alibi_slopes if alibi_slopes is not None else lse2
     common = (*sx, *sa, seqlen_q, seqlen_k, float(scale), qk_scale, cap2, left, right)
     dev_key = (q.device.type, q.device.index, D, Dv, q.dtype, tma)
+    if atomic:
+        dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        sqa = s4(dqa)[:3]
+    else:
+        dqa, sqa = lse2, (0, 0, 0)
     if grid_k > 0 and Hkv > 0:
         _launch(_bwd_dkdv_kernel, lambda bm, bn: (cdiv(grid_k, bn), Hkv, B),
-                ("dkdv",) + dev_key, cfg["dkdv"],
+                ("dkdv", atomic) + dev_key, cfg["dkdv"],
                 (q, k, v, do, dk, dv, lse2, delta, slopes, cu_q, cu_k,
-                 *s4(q), *s4(k), *s4(v), *s4(do), *s4(dk), *s4(dv), *common), consts)
-    if grid_q > 0:
+                 *s4(q), *s4(k), *s4(v), *s4(do), *s4(dk), *s4(dv), *common, dqa, *sqa),
+                dict(consts, ATOMIC=atomic))
+    if atomic:
+        torch.mul(dqa, float(scale), out=dqa)
+        dq.copy_(dqa)
+    elif grid_q > 0:
         _launch(_bwd_dq_kernel, lambda bm, bn: (cdiv(grid_q, bm), Hq, B),
                 ("dq",) + dev_key, cfg["dq"],
                 (q, k, v, do, dq, lse2, delta, slopes, cu_q, cu_k,

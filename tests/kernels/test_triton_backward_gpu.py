@@ -295,3 +295,28 @@ def test_tma_path_varlen():
                     causal=True)
     for name, g, r in zip(("dq", "dk", "dv"), got, ref):
         assert _rel(g, r) < TOL[torch.bfloat16], name
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("fi", [1, 7], ids=["causal", "all"])
+def test_atomic_dq_mode(fi, d, tma):
+    """config={"deterministic": False}: dQ by atomics inside the dK/dV kernel (non-default)."""
+    from anyattn.kernels import triton_backward as BW
+
+    if tma and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm90")
+    feat = FEATS[fi]
+    shape = SHAPES[(fi + d) % len(SHAPES)]
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    q, k, v, o, lse, do, dlse, scale, kw = _dense(shape, feat, d, d, torch.bfloat16, seed)
+    do, k = do.contiguous(), k.contiguous()
+    got = BW.flash_attention_backward(
+        do, q, k, v, o, lse, dlse, scale=scale, causal=kw["causal"], window=kw["window"],
+        softcap=kw["softcap"] or None, alibi_slopes=kw["alibi_slopes"], sinks=kw["sinks"],
+        config=dict(deterministic=False, TMA=tma))
+    ref = ref_grads(q, k, v, do, dlse, [(i, i, i, 0) for i in range(shape[0])],
+                    sinks=kw["sinks"], slopes=kw["alibi_slopes"], scale=scale, **_ref_kw(kw))
+    for name, g, r in zip(("dq", "dk", "dv", "dsinks"), got, ref):
+        if r is not None:
+            assert _rel(g, r) < TOL[torch.bfloat16], f"{name} (seed {seed})"

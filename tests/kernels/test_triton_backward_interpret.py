@@ -358,3 +358,32 @@ def test_tma_path(case, monkeypatch):
                      slopes=slopes, scale=D ** -0.5, **_ref_kw(kw))
     for name, g, r in zip(("dq", "dk", "dv"), got, ref):
         assert _rel(g, r) < TOL[torch.float16], f"{name} (seed {seed})"
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[4], DENSE[6]],
+                         ids=["gqa-d40", "left-sinks", "alibi-sinks-causal"])
+def test_atomic_dq_mode(case):
+    """config={"deterministic": False}: dQ from atomics in the dK/dV kernel, same gradients."""
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    got, ref = _dense_case(case, torch.float32, seed, config=dict(deterministic=False))
+    for name, g, r in zip(("dq", "dk", "dv", "dsinks"), got, ref):
+        if r is not None:
+            assert _rel(g, r) < TOL[torch.float32], f"{name} (seed {seed})"
+
+
+def test_atomic_dq_mode_varlen(monkeypatch):
+    monkeypatch.setenv("ANYATTN_TRITON_BWD_DETERMINISTIC", "0")
+    calls = []
+    real = BW._bwd_dq_kernel
+    monkeypatch.setattr(BW, "_bwd_dq_kernel", _Spy(real, calls))
+    _varlen_case(VARLEN[0], torch.float16, None)
+    assert not calls, "the dQ kernel ran in the atomic mode"
+
+
+class _Spy:
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.kernel[grid]

@@ -85,8 +85,10 @@ class TritonBackend(Backend):
         if req.dtype == torch.float32:
             out.append("float32 runs full-precision fp32 dots (no tensor-core tf32): correct but slow")
         if req.grad and req.op != "paged":
-            out.append("backward: deterministic Triton kernels (no atomics; dQ in its own pass, "
-                       "which recomputes Q.K^T and dO.V^T); ALiBi slopes get no gradient")
+            out.append("backward: deterministic Triton kernels by default (no atomics; dQ in its "
+                       "own pass, which recomputes Q.K^T and dO.V^T; "
+                       "ANYATTN_TRITON_BWD_DETERMINISTIC=0 adds dQ by atomics instead); ALiBi "
+                       "slopes get no gradient")
         if req.capability is not None and req.capability >= (9, 0) and req.op != "paged":
             out.append("TMA tensor descriptors are used when q/k/v have a unit last stride and "
                        "16-byte aligned rows; otherwise a slower pointer-load path")
@@ -137,9 +139,10 @@ class TritonBackend(Backend):
         return o, lse
 
     # -- backward -------------------------------------------------------------------------
-    # Dense and varlen only. The kernels are deterministic (no atomics): the same inputs give
-    # the same gradient bits on every run; the price is a separate dQ pass that recomputes
-    # Q.K^T and dO.V^T (see kernels/triton_backward.py). ALiBi slopes get no gradient.
+    # Dense and varlen only. By default the kernels are deterministic (no atomics): the same
+    # inputs give the same gradient bits on every run; the price is a separate dQ pass that
+    # recomputes Q.K^T and dO.V^T (kernels/triton_backward.py; ANYATTN_TRITON_BWD_DETERMINISTIC=0
+    # selects atomic dQ). ALiBi slopes get no gradient.
     def _backward_kernels(self):
         self.lib  # noqa: B018  (raises the unavailability reason if triton does not load)
         return importlib.import_module("anyattn.kernels.triton_backward")

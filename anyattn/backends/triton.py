@@ -2,8 +2,8 @@
 
 Compiled at first use by Triton's bundled toolchain: no nvcc, no CUDA_HOME, no wheel that must
 match torch. Every feature of the API (causal, window, softcap, ALiBi, sinks, LSE, GQA, out=)
-in one kernel family. Dense and varlen have a Triton backward (``kernels/triton_backward.py``:
-deterministic, no atomics): with a tensor that requires grad the ops return outputs connected to
+in one kernel family. Dense and varlen have a Triton backward (``kernels/triton_backward.py``;
+deterministic by default, no atomics): with a tensor that requires grad the ops return outputs connected to
 autograd, and ``attention_backward``/``varlen_backward`` serve the custom-op layer; paged KV caches
 are inference only. Launch configurations come from a static table keyed by
 shapes and the caller's ``max_seqlen_*`` (no autotuning, no host-device sync), so calls are

@@ -102,6 +102,10 @@ class FlexBackend(Backend):
         if need and _torch_version() < need:
             return [f"FlexAttention on {req.device_type} needs torch >= {need[0]}.{need[1]}, "
                     f"this is {torch.__version__}"]
+        if req.device_type == "cpu" and req.grad:
+            # torch raises NotImplementedError("FlexAttention does not support backward on CPU"),
+            # compiled or not (found by the fuzz suite, torch 2.13).
+            return [f"no backward on CPU (torch {torch.__version__}'s FlexAttention has none)"]
         return []
 
     def notes(self, req: Request) -> list[str]:

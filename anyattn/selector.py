@@ -385,7 +385,11 @@ def select(req: Request, explicit=None):
     """The backend instance for this call; the hot path is one dict lookup."""
     raw, source = current_preference(explicit)
     key = (req, raw if not isinstance(raw, list) else tuple(raw))
-    hit = _cache.get(key)
+    try:
+        hit = _cache.get(key)
+    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
+        parse_preference(raw)
+        raise
     if hit is not None:
         return hit
     pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
@@ -456,7 +460,11 @@ def run(req: Request, explicit, call):
     """
     raw, source = current_preference(explicit)
     key = (req, raw if not isinstance(raw, list) else tuple(raw))
-    backend = _cache.get(key)
+    try:
+        backend = _cache.get(key)
+    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
+        parse_preference(raw)
+        raise
     if backend is None:
         backend = select(req, explicit)
     try:

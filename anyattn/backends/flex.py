@@ -158,6 +158,14 @@ class FlexBackend(Backend):
               return_lse):
         b, sq, hq, _ = q.shape
         sk = k.shape[1]
+        if sq == 0 or sk == 0 or b == 0:
+            # flex_attention indexes its block mask and reduces over keys: it raises IndexError on
+            # an empty axis (found by the fuzz suite). No key seen: zeros, lse = -inf (or the sink).
+            o = q.new_zeros(b, sq, hq, v.shape[-1])
+            lse = q.new_full((b, hq, sq), float("-inf"), dtype=torch.float32)
+            if sinks is not None:
+                lse = sinks.float().view(1, -1, 1).expand_as(lse).clone()
+            return o, lse
         mode = "docs" if docs is not None else "padded" if q_lens is not None else "dense"
         alibi_rank = 0 if alibi_slopes is None else alibi_slopes.dim()
         mods = _mods_for(mode, sk - sq if mode == "dense" else 0, causal, window, softcap, alibi_rank)

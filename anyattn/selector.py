@@ -42,8 +42,9 @@ ENV_VAR = "ANYATTN_BACKEND"
 #   (vLLM defaults to FlashInfer there); Triton's sm100 configurations are not tuned.
 # * Pre-Ampere (sm70/sm75, T4/V100): FlashAttention refuses these GPUs; xFormers' cutlass kernel
 #   and torch's memory-efficient kernel run there.
-# * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape)
-#   so it only leads for what SDPA lacks (softcap, lse, sinks); the reference last.
+# * CPU: torch's CPU flash kernel, then the math kernel; Flex (uncompiled on CPU: compiled it is
+#   not trustworthy there, see backends/flex.py) only leads for what SDPA lacks (softcap, lse,
+#   sinks); the reference last.
 # Varlen/paged: native kernels first, gathering fallbacks (SDPA, Flex paged) after them.
 # --------------------------------------------------------------------------------------------
 _FALLBACKS = ["sdpa_efficient", "sdpa_math", "reference"]

@@ -256,3 +256,22 @@ def test_cli_verify_json(tmp_path):
     doc = json.loads(cp.stdout)
     assert doc["counts"] == {"pass": 1, "n/a": 1} and doc["cache"] == str(tmp_path / "verify.json")
     assert {"anyattn", "torch", "driver", "device"} <= set(doc["machine"])
+
+
+def test_doctor_reports_verify_failures(flaky):
+    from anyattn.doctor import checks, facts
+
+    flaky(wrong=1.7)
+    verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32], families=["plain"])
+    f = facts.Facts()
+    facts.collect_torch(f)
+    facts.collect_verify(f)
+    found = [x for x in checks.run_checks(f) if x.id == "verify_failed"]
+    assert len(found) == 1 and found[0].subject == "flaky" and found[0].severity == "warning"
+    assert "attention float32 plain" in found[0].title
+    assert "relative error 0.7" in found[0].evidence["failures"][0]["reason"]
+    assert any("anyattn verify --backend flaky" in line for line in found[0].fix)
+    # Another torch's results are not this machine's state.
+    f.torch["version"] = "0.0.1"
+    facts.collect_verify(f)
+    assert not [x for x in checks.run_checks(f) if x.id == "verify_failed"]

@@ -87,7 +87,7 @@ def cmd_verify(args) -> int:
         print(f"anyattn verify: {exc}", file=sys.stderr)
         return 2
     kw = dict(backends_=names, ops=args.op or None, dtypes=dtypes, families=args.family or None,
-              budget_s=args.budget)
+              budget_s=args.budget, quick=args.quick)
     if args.json:
         summary = verify.run(device, **kw)
     else:
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", action="append", choices=["plain", "causal", "window", "softcap", "alibi", "sinks",
                                                           "lse", "gqa"], help="only this feature family (repeatable)")
     p.add_argument("--budget", type=float, default=300.0, help="stop starting new checks after this many seconds")
+    p.add_argument("--quick", action="store_true", help="one shape per cell (faster, less thorough)")
     p.add_argument("--all", action="store_true", help="also list the cells a backend does not serve")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)

@@ -375,7 +375,8 @@ def plan(device: str, *, backends_=None, ops=None, dtypes=None, families=None) -
     return cells
 
 
-def verify_cell(name: str, op: str, dtype: torch.dtype, family: str, device: str, seed: int = 0) -> Result:
+def verify_cell(name: str, op: str, dtype: torch.dtype, family: str, device: str, seed: int = 0,
+                quick: bool = False) -> Result:
     from . import backends
 
     b = backends.get(name)
@@ -387,7 +388,7 @@ def verify_cell(name: str, op: str, dtype: torch.dtype, family: str, device: str
     worst, ran, why = 0.0, 0, ["no case it serves"]
     for block_size in ((16, 256) if op == "paged" else (16,)):  # some paged kernels need 256
         try:
-            cs = cases(op, family, dtype, device, seed=seed, block_size=block_size)
+            cs = cases(op, family, dtype, device, seed=seed, block_size=block_size, quick=quick)
         except Exception as exc:  # noqa: BLE001
             return Result(**base, status="n/a", reason=f"could not build inputs: {one_line(exc)}")
         for case in cs:
@@ -409,10 +410,11 @@ def verify_cell(name: str, op: str, dtype: torch.dtype, family: str, device: str
 
 
 def run(device: str | None = None, *, backends_=None, ops=None, dtypes=None, families=None,
-        budget_s: float = 300.0, progress=None, save_results: bool = True) -> dict:
+        budget_s: float = 300.0, progress=None, save_results: bool = True, quick: bool = False) -> dict:
     """Run the matrix on ``device``; stops starting new cells after ``budget_s`` seconds.
 
-    ``progress(done, total, result)`` is called after each cell. Returns a JSON-able summary;
+    ``progress(done, total, result)`` is called after each cell; ``quick`` runs one shape per
+    cell instead of four (dense) / two (varlen, paged). Returns a JSON-able summary;
     pass/fail results are merged into the cache file (n/a and skipped ones are not stored)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -428,7 +430,7 @@ def run(device: str | None = None, *, backends_=None, ops=None, dtypes=None, fam
         if time.perf_counter() - t0 > budget_s:
             r = Result(name, None, op, dtype_name(dt), fam, "skipped", reason=f"time budget of {budget_s:.0f}s spent")
         else:
-            r = verify_cell(name, op, dt, fam, str(dev))
+            r = verify_cell(name, op, dt, fam, str(dev), quick=quick)
         results.append(r)
         if progress is not None:
             progress(i + 1, len(cells), r)

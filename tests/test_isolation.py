@@ -48,7 +48,6 @@ def pkgdir(tmp_path, monkeypatch):
 def _backend(module, name=None):
     class _Vendor(Backend):
         distribution = None
-        caps_ = None
 
     b = _Vendor()
     b.name = name or module

@@ -275,3 +275,21 @@ def test_doctor_reports_verify_failures(flaky):
     f.torch["version"] = "0.0.1"
     facts.collect_verify(f)
     assert not [x for x in checks.run_checks(f) if x.id == "verify_failed"]
+
+
+@pytest.mark.gpu
+def test_verify_on_the_gpu(request, tmp_path):
+    """`anyattn verify --quick` over every backend installed on the GPU: prints the summary;
+    any failure is a finding (a backend wrong on this GPU) to declare as a reason."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    summary = verify.run("cuda", budget_s=500, quick=True)
+    fails = [r for r in summary["results"] if r["status"] == "fail"]
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"\nverify on {summary['machine']['device']}: {summary['counts']} in {summary['wall_s']}s "
+              f"(CPU {summary['cpu_s']}s)")
+        for r in fails:
+            print(f"  FAIL {r['backend']} {r['op']} {r['dtype']} {r['family']}: {r['reason']}")
+    assert summary["counts"].get("pass", 0) > 0
+    assert not fails, [f"{r['backend']} {r['op']} {r['dtype']} {r['family']}: {r['reason']}" for r in fails]

@@ -34,7 +34,8 @@ from hypothesis import strategies as st  # noqa: E402
 import anyattn  # noqa: E402
 from tests import naive  # noqa: E402
 
-CPU_BACKENDS = ["sdpa", "sdpa_flash", "sdpa_math", "flex", "reference"]
+# "auto": no backend named, so automatic selection (and its recovery) must serve every case.
+CPU_BACKENDS = ["sdpa", "sdpa_flash", "sdpa_math", "flex", "reference", "auto"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Max abs error vs float64 on inputs already rounded to the dtype: output rounding (bf16 ~ 2^-8
 # of |v| <= ~4) plus low-precision score arithmetic; a real bug is an order of magnitude above.
@@ -134,7 +135,7 @@ def build(c, device="cpu"):
     d, dv, hq, hkv, lay = c["d"], c["dv"] or c["d"], c["hq"], c["hkv"], c["layout"]
     batch = c["b"] if c["op"] == "attention" else len(c.get("lens_q") or c.get("seqused"))
     kw = dict(causal=c["causal"], window=tuple(c["window"]), softcap=c["softcap"], return_lse=c["lse"],
-              scale=c["scale"], backend=c["backend"])
+              scale=c["scale"], backend=None if c["backend"] == "auto" else c["backend"])
     slopes = None
     if c["alibi"] == "heads":
         slopes = torch.rand(hq, generator=gen) * 0.5
@@ -206,6 +207,7 @@ def check(c, device="cpu", counts: Counter | None = None) -> str:
     try:
         res = fn(*args, **kw)
     except anyattn.NoBackendError as exc:
+        assert c["backend"] != "auto", f"automatic selection found no backend: {exc}\n{reproducer(c, device)}"
         cand = next(x for x in exc.decision.candidates if x.name == c["backend"])
         assert cand.reasons, f"declined without a reason\n{reproducer(c, device)}"
         if counts is not None:
@@ -331,7 +333,8 @@ def test_fuzz_gpu(op, which, request):
 
     @seed(s)
     @settings(max_examples=GPU_EXAMPLES, **_SETTINGS)
-    @given(c=cases(op, names, ["bfloat16", "float16", "float32"], max_len=70, head_dims=[32, 64, 128, 80]))
+    @given(c=cases(op, names + ["auto"], ["bfloat16", "float16", "float32"], max_len=70,
+                   head_dims=[32, 64, 128, 80]))
     def run(c):
         check(c, "cuda", mine)
 

@@ -39,9 +39,9 @@ def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0
     req, scale, window, softcap = _rq.dense_request(
         q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
         sinks=sinks, return_lse=return_lse, out=out)
-    b = _sel.select(req, backend)
-    o, lse = b.attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
-                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
+    o, lse = _sel.run(req, backend, lambda b: b.attention(
+        q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, return_lse=return_lse, out=out))
     return _result(o, lse, return_lse)
 
 
@@ -63,10 +63,9 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     req, scale, window, softcap = _rq.varlen_request(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
         window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
-    b = _sel.select(req, backend)
-    o, lse = b.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
-                      scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-                      return_lse=return_lse, out=out)
+    o, lse = _sel.run(req, backend, lambda b: b.varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
+        window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out))
     return _result(o, lse, return_lse)
 
 
@@ -97,11 +96,10 @@ def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q
         q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
-    b = _sel.select(req, backend)
-    o, lse = b.paged(q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q,
-                     max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal, scale=scale,
-                     window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
-                     return_lse=return_lse, out=out)
+    o, lse = _sel.run(req, backend, lambda b: b.paged(
+        q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
+        alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out))
     return _result(o, lse, return_lse)
 
 

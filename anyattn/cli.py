@@ -76,6 +76,73 @@ def cmd_which(args) -> int:
     return 0 if decision.chosen else 1
 
 
+def cmd_verify(args) -> int:
+    import torch
+
+    from . import verify
+
+    dtypes = [verify_dtype(d) for d in args.dtype] if args.dtype else None
+    try:
+        names = None
+        if args.backend:
+            from .selector import parse_preference
+
+            names = list(parse_preference(args.backend))
+        device = args.device or _default_device()
+        torch.device(device)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        print(f"anyattn verify: {exc}", file=sys.stderr)
+        return 2
+    kw = dict(backends_=names, ops=args.op or None, dtypes=dtypes, families=args.family or None,
+              budget_s=args.budget, quick=args.quick)
+    if args.json:
+        summary = verify.run(device, **kw)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = _console()
+        with Progress(TextColumn("[bold]verify[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("", total=None)
+
+            def progress(done, total, r):
+                bar.update(task, total=total, completed=done,
+                           description=f"{r.backend} {r.op} {r.dtype} {r.family}: {r.status}")
+
+            summary = verify.run(device, progress=progress, **kw)
+        _print_verify(console, summary, args.all)
+    if args.json:
+        _print_json(summary)
+    return 1 if summary["counts"].get("fail") else 0
+
+
+def verify_dtype(text):
+    from .request import parse_dtype
+
+    return parse_dtype(text)
+
+
+def _print_verify(console, summary, show_all) -> None:
+    from rich.table import Table
+
+    m = summary["machine"]
+    table = Table(title=f"anyattn verify on {summary['device']} ({m['device']}, torch {m['torch']}"
+                        + (f", driver {m['driver']}" if m["driver"] else "") + ")",
+                  caption=f"{summary['counts']} in {summary['wall_s']}s (CPU {summary['cpu_s']}s); "
+                          f"cache: {summary['cache']}")
+    for col in ("backend", "op", "dtype", "family", "status", "rel. error", "why"):
+        table.add_column(col)
+    styles = {"pass": "green", "fail": "bold red", "n/a": "dim", "skipped": "yellow"}
+    for r in summary["results"]:
+        if r["status"] == "n/a" and not show_all:
+            continue
+        err = r["error"]
+        err_s = "-" if err is None else (err if isinstance(err, str) else f"{err:.1e}")
+        table.add_row(r["backend"], r["op"], r["dtype"], r["family"],
+                      f"[{styles.get(r['status'], '')}]{r['status']}[/]", err_s, r["reason"])
+    console.print(table)
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -127,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive, default=None, help="sequences in the batch")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_which)
+
+    p = sub.add_parser("verify", help="check every usable backend on this machine against the reference")
+    p.add_argument("--device", default=None, help="device to verify (default: cuda if available, else cpu)")
+    p.add_argument("--backend", default=None, help="only these backends (comma-separated)")
+    p.add_argument("--op", action="append", choices=["attention", "varlen", "paged"], help="only this op (repeatable)")
+    p.add_argument("--dtype", action="append", help="only this dtype (repeatable: fp32, bf16, fp16)")
+    p.add_argument("--family", action="append", choices=["plain", "causal", "window", "softcap", "alibi", "sinks",
+                                                          "lse", "gqa"], help="only this feature family (repeatable)")
+    p.add_argument("--budget", type=float, default=300.0, help="stop starting new checks after this many seconds")
+    p.add_argument("--quick", action="store_true", help="one shape per cell (faster, less thorough)")
+    p.add_argument("--all", action="store_true", help="also list the cells a backend does not serve")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
 
     # Subcommands that live in their own packages register themselves.
     for module, commands in _PLUGIN_COMMANDS.items():

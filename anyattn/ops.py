@@ -115,9 +115,14 @@ def _split(op, args):
     return data, opts, return_lse
 
 
-def _select(op, data, opts, return_lse, out, grad, backend):
-    req = _REQUESTS[op](*data, **opts, return_lse=return_lse, out=out, grad=grad)[0]
-    return _sel.select_preference(req, backend or None, _SOURCE)
+def _request(op, data, opts, return_lse, out, grad):
+    return _REQUESTS[op](*data, **opts, return_lse=return_lse, out=out, grad=grad)[0]
+
+
+def _concrete(b, op, data, opts):
+    # A tuned choice (anyattn tune) dispatches per length bucket; forward and backward must use
+    # the one backend this call's bucket picks.
+    return b.resolve(op, data, opts) if hasattr(b, "resolve") else b
 
 
 # The dispatch state of plain eager code, taken at import. A compiled graph runs this op's kernel
@@ -134,10 +139,14 @@ def _as_eager(fn, *args, **kwargs):
 
 def _forward(op, args, out, grad, backend):
     data, opts, return_lse = _split(op, args)
-    b = _select(op, data, opts, return_lse, out, grad, backend)
-    want_lse = return_lse or (grad and b.backward_from_saved)
-    # the op names are the Backend method names
-    o, lse = _as_eager(getattr(b, op), *data, **opts, return_lse=want_lse, out=out)
+    req = _request(op, data, opts, return_lse, out, grad)
+
+    def call(b):  # through selector.run_preference: a backend failing at run time is recovered from
+        b = _concrete(b, op, data, opts)
+        want = return_lse or (grad and b.backward_from_saved)
+        return want, _as_eager(getattr(b, op), *data, **opts, return_lse=want, out=out)  # op = method name
+
+    want_lse, (o, lse) = _sel.run_preference(req, backend or None, _SOURCE, call)
     if want_lse:
         lse = lse if lse.is_contiguous() else lse.contiguous()
     else:  # unused by this backend's backward (it recomputes), but the fake promised the shape
@@ -166,7 +175,8 @@ def _backward_impl(op):
         n = _N_DATA[op]
         out, lse = args[n], args[n + 1]
         data, opts, return_lse = _split(op, args[:n] + args[n + 2:-1])
-        b = _select(op, data, opts, return_lse, None, True, args[-1])
+        req = _request(op, data, opts, return_lse, None, True)
+        b = _concrete(_sel.select_preference(req, args[-1] or None, _SOURCE), op, data, opts)
         # Without return_lse the lse output is internal: nothing the user computed flows into it.
         grads = _as_eager(getattr(b, op + "_backward"), grad_out, grad_lse if return_lse else None, *data,
                           out=out, lse=lse, **opts)

@@ -118,6 +118,10 @@ def _require_int_tensor(name: str, t, rank: int, device: torch.device, length: i
         raise ValueError(f"{name}: expected length {length}, got shape {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (where q is), got {t.device}")
+    # Kernels read these through raw pointers (flash-attn checks it too): unit stride along the last axis.
+    if t.dim() and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(f"{name}: expected unit stride along its last axis (e.g. .contiguous()), "
+                         f"got strides {tuple(t.stride())} for shape {tuple(t.shape)}")
 
 
 def _check_qkv_common(q, k, v, q_head_axis: int, kv_head_axis: int,
@@ -197,6 +201,9 @@ def check_out_and_lse(out, expected_shape: tuple[int, ...], q: torch.Tensor) -> 
         raise TypeError(f"out: expected dtype {q.dtype} (same as q), got {out.dtype}")
     if out.device != q.device:
         raise ValueError(f"out: expected a tensor on {q.device}, got {out.device}")
+    if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):  # writes would collide
+        raise ValueError(f"out: expected a tensor whose elements do not overlap (no expanded, stride-0 axis), "
+                         f"got strides {tuple(out.stride())} for shape {tuple(out.shape)}")
 
 
 def grad_needed(q, k, v, sinks) -> bool:

@@ -63,8 +63,9 @@ ENV_VAR = "ANYATTN_BACKEND"
 #   paged KV and no sinks: it ranks after the native kernels.
 # * Pre-Ampere (sm70/sm75, T4/V100): FlashAttention refuses these GPUs; xFormers' cutlass kernel
 #   and torch's memory-efficient kernel run there.
-# * CPU: torch's CPU flash kernel, then the math kernel; Flex compiles C++ (seconds per shape)
-#   so it only leads for what SDPA lacks (softcap, lse, sinks); the reference last.
+# * CPU: torch's CPU flash kernel, then the math kernel; Flex (uncompiled on CPU: compiled it is
+#   not trustworthy there, see backends/flex.py) only leads for what SDPA lacks (softcap, lse,
+#   sinks); the reference last.
 # Varlen/paged: native kernels first, gathering fallbacks (SDPA, Flex paged) after them.
 # --------------------------------------------------------------------------------------------
 _FALLBACKS = ["sdpa_efficient", "sdpa_math", "reference"]
@@ -316,17 +317,48 @@ def _status(b, reasons: list[str]) -> str:
     return "rejected"
 
 
-def _evaluate(name: str, req: Request) -> Candidate:
+def _evaluate(name: str, req: Request, trusted: bool = False) -> Candidate:
+    """One candidate's verdict. ``trusted``: the user forced this one backend by name, so what
+    this machine learnt about it (self-test, run-time failures) is a note, not a veto."""
     try:
         b = backends.get(name)
         reasons = b.reasons(req)
         notes = b.notes(req) if not reasons else []
         version = b.version()  # package metadata only: never imports the package
+        if not reasons:
+            learnt = _learnt_reasons(name, req)
+            if trusted:
+                notes = [f"{r} (forced by name: running it anyway)" for r in learnt] + notes
+            else:
+                reasons = learnt
     except Exception as exc:  # noqa: BLE001 - a broken adapter is a reason, not a crash
         from .backends.base import one_line
 
         return Candidate(name, "unavailable", [f"unavailable: adapter failed: {one_line(exc)}"])
     return Candidate(name, _status(b, reasons), reasons, notes, version)
+
+
+# What this process and machine learnt about backends that can serve a request on paper:
+# failures at run time (per signature, from recovery or ANYATTN_VERIFY=1) and the cached
+# results of `anyattn verify` (per backend x op x dtype x feature family).
+_runtime_failures: dict[tuple[Request, str], str] = {}
+
+
+def _learnt_reasons(name: str, req: Request) -> list[str]:
+    out = []
+    failed = _runtime_failures.get((req, name))
+    if failed:
+        out.append(failed)
+    try:
+        from . import verify
+
+        found = verify.known_failure(name, req)
+    except Exception as exc:  # noqa: BLE001 - an unreadable verify cache must not break selection
+        log.debug("anyattn: verify cache unreadable: %s", exc)
+        found = None
+    if found:
+        out.append(found)
+    return out
 
 
 def _measured_line(m: dict) -> str:
@@ -366,8 +398,9 @@ def decide(req: Request, preference: tuple[str, ...] | None = None, source: str 
             order = [measured["winner"]] + [n for n in order if n != measured["winner"]]
     candidates = []
     chosen = None
+    strict = preference is not None and len(preference) == 1
     for name in order:
-        cand = _evaluate(name, req)
+        cand = _evaluate(name, req, trusted=strict)
         if cand.status == "usable" and chosen is None and prepare:
             err = _prepare(name)
             if err:
@@ -398,10 +431,16 @@ _cache: dict = {}
 
 def clear_cache() -> None:
     """Forget cached decisions (after installing a package, changing ANYATTN_BACKEND, running
-    ``anyattn tune``...)."""
+    ``anyattn tune``...), including the run-time failures recovery recorded, and re-read the
+    verify cache."""
     _cache.clear()
+    _runtime_failures.clear()
+    _warned.clear()
     import sys
 
+    from . import verify
+
+    verify.forget_loaded()
     tune = sys.modules.get(__package__ + ".tune")
     if tune is not None:
         tune.forget()
@@ -450,12 +489,18 @@ def select_preference(req: Request, raw, source: str = "automatic"):
     if raw == "":
         raw, source = None, "automatic"
     key = (req, raw if not isinstance(raw, list) else tuple(raw))
-    hit = _cache.get(key)
+    try:
+        hit = _cache.get(key)
+    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
+        parse_preference(raw)
+        raise
     if hit is not None:
         return hit
     pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
                                      else parse_preference(raw))
     decision = decide(req, pref, source, prepare=True)
+    if decision.chosen is not None and not decision.strict and _verify_on_first_use():
+        decision = _verified(decision, pref, source)
     if decision.chosen is None:
         raise NoBackendError(decision)
     log.info("anyattn: %s -> %s (%s)", req.describe(), decision.chosen, source)
@@ -468,6 +513,125 @@ def select_preference(req: Request, raw, source: str = "automatic"):
         backend = _tuned(req, backend)
     _cache[key] = backend
     return backend
+
+
+VERIFY_ENV = "ANYATTN_VERIFY"
+
+
+def _verify_on_first_use() -> bool:
+    return os.environ.get(VERIFY_ENV, "") not in ("", "0", "false", "False")
+
+
+def _verified(decision: Decision, pref, source) -> Decision:
+    """ANYATTN_VERIFY=1: check the chosen backend on one small case of this signature before
+    trusting it; a wrong answer becomes this signature's reason and the next candidate is checked."""
+    from . import verify
+
+    req = decision.request
+    while decision.chosen is not None and decision.chosen != "reference":
+        try:
+            failure = verify.quick_check(decision.chosen, req)
+        except Exception as exc:  # noqa: BLE001 - a self-test that cannot be built must not fail the call
+            log.debug("anyattn: ANYATTN_VERIFY could not check %s for %s: %s", decision.chosen, req.describe(), exc)
+            failure = None
+        if failure is None:
+            break
+        _runtime_failures[(req, decision.chosen)] = failure
+        log.warning("anyattn: %s %s; choosing again for %s", decision.chosen, failure, req.describe())
+        decision = decide(req, pref, source, prepare=True)
+    return decision
+
+
+# --------------------------------------------------------------------------------------------
+# Running a call, with recovery
+# --------------------------------------------------------------------------------------------
+# Exceptions that are the caller's (bad arguments a backend's own data checks found): never a
+# reason to try another backend. Running out of memory is about the caller's sizes, not the
+# backend, and another backend would only hide it.
+_NOT_RECOVERABLE: tuple[type[BaseException], ...] = (ValueError, TypeError)
+_warned: set = set()
+
+
+def _not_recoverable(exc: BaseException) -> bool:
+    if isinstance(exc, _NOT_RECOVERABLE):
+        return True
+    oom = getattr(__import__("torch"), "OutOfMemoryError", None)
+    return oom is not None and isinstance(exc, oom)
+
+
+def run(req: Request, explicit, call):
+    """Select the backend for ``req`` (as :func:`select`) and return ``call(backend)``.
+
+    In automatic mode and for an ordered preference, a backend that raises at run time
+    (NotImplementedError, torch/Inductor errors, Triton out-of-resources, an import error on
+    first use...) is recorded as this signature's reason and the next usable backend serves the
+    call; one WARNING per signature says what failed and what runs instead. A single strict name
+    re-raises. The caller's own ValueError/TypeError are never retried.
+    """
+    raw, source = current_preference(explicit)
+    return run_preference(req, raw, source, call)
+
+
+def run_preference(req: Request, raw, source, call):
+    """:func:`run` for an already-resolved preference (the custom ops carry it as a string)."""
+    if raw == "":
+        raw, source = None, "automatic"
+    key = (req, raw if not isinstance(raw, list) else tuple(raw))
+    try:
+        backend = _cache.get(key)
+    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
+        parse_preference(raw)
+        raise
+    if backend is None:
+        backend = select_preference(req, raw, source)
+    try:
+        return call(backend)
+    except Exception as exc:  # noqa: BLE001 - sorted below: the caller's errors re-raise untouched
+        if _not_recoverable(exc):
+            raise
+        return _recover(key, req, raw, source, call, backend, exc)
+
+
+def _recover(key, req, raw, source, call, failed, first_exc):
+    from .backends.base import one_line
+
+    if _strict_key(key):  # a single name is strict: its failure is the caller's to see
+        raise first_exc
+    tried = []
+    exc = first_exc
+    while True:
+        reason = f"failed at run time on this machine: {one_line(exc)}"
+        _runtime_failures[(req, failed.name)] = reason
+        tried.append(f"{failed.name} ({one_line(exc)})")
+        _cache.pop(key, None)
+        try:
+            backend = select_preference(req, raw, source)
+        except NoBackendError:
+            log.warning("anyattn: %s failed for %s and no other backend can serve it", ", ".join(tried),
+                        req.describe())
+            raise first_exc from None
+        try:
+            result = call(backend)
+        except Exception as nxt:  # noqa: BLE001
+            if _not_recoverable(nxt):
+                raise
+            failed, exc = backend, nxt
+            continue
+        if req not in _warned:
+            _warned.add(req)
+            log.warning("anyattn: %s failed at run time for %s; %s serves this signature instead "
+                        "(anyattn.explain() shows why)", ", ".join(tried), req.describe(), backend.name)
+        return result
+
+
+def _strict_key(key) -> bool:
+    raw = key[1]
+    if raw is None:
+        return False
+    try:
+        return len(parse_preference(raw)) == 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _tuned(req: Request, default):

@@ -283,6 +283,15 @@ class TunedChoice:
             self._resolved[b] = got
         return got
 
+    def resolve(self, op, data, opts):
+        """The backend this call's bucket picks (the custom ops run forward and backward on it)."""
+        if op == "attention":
+            q, k = data[0], data[1]
+            return self.pick(bucket(q.shape[1], k.shape[1], q.shape[0]))
+        if op == "varlen":
+            return self.pick(bucket(data[5], data[6], data[3].shape[0] - 1))
+        return self.pick(paged_bucket(data[1], data[3], opts.get("max_seqlen_q", 1), opts.get("max_seqlen_k")))
+
     def attention(self, q, k, v, **kw):
         return self.pick(bucket(q.shape[1], k.shape[1], q.shape[0])).attention(q, k, v, **kw)
 

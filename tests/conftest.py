@@ -14,6 +14,8 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
 # (torch's unfused path, same math) except where a test opts back in.
 os.environ.setdefault("ANYATTN_FLEX_COMPILE", "0")
 os.environ.pop("ANYATTN_BACKEND", None)
+os.environ.pop("ANYATTN_VERIFY", None)
+# `anyattn verify` results on the developer's machine must not change what the tests select.
 # A tune file in the user's ~/.cache/anyattn must not steer the suite's automatic selection.
 import tempfile  # noqa: E402
 

@@ -50,17 +50,54 @@ def attend_one_sequence(q, k, v, *, causal=False, scale=None, window=(-1, -1), s
     return out, lse
 
 
-def dense(q, k, v, slopes=None, **kw):
+def attend_one_sequence_vectorized(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0,
+                                   slopes=None, sinks=None):
+    """The same formula with float64 tensor ops instead of Python loops, for GPU-sized fuzzing.
+
+    Shares nothing with anyattn either; tests/test_fuzz.py checks it against the loop version."""
+    q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    sq, hq, d = q.shape
+    sk, hkv, dv = v.shape
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    group = hq // hkv if hkv else 1
+    kk, vv = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = torch.einsum("ihd,jhd->hij", q, kk) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    pos = torch.arange(sq).view(sq, 1) + sk - sq
+    j = torch.arange(sk).view(1, sk)
+    if slopes is not None:
+        s = s - slopes.double().cpu().view(hq, 1, 1) * (pos - j).abs()
+    keep = torch.ones(sq, sk, dtype=torch.bool)
+    left, right = window
+    if causal:
+        keep &= j <= pos
+    if left >= 0:
+        keep &= j >= pos - left
+    if right >= 0:
+        keep &= j <= pos + right
+    s = s.masked_fill(~keep, -math.inf)
+    terms = s if sinks is None else torch.cat([s, sinks.double().cpu().view(hq, 1, 1).expand(hq, sq, 1)], -1)
+    lse = torch.logsumexp(terms, -1) if terms.shape[-1] else torch.full((hq, sq), -math.inf, dtype=torch.float64)
+    p = torch.exp(s - lse.unsqueeze(-1))
+    p = torch.nan_to_num(p, nan=0.0)  # rows with lse = -inf see nothing
+    out = torch.einsum("hij,jhd->ihd", p, vv)
+    return out, lse
+
+
+def dense(q, k, v, slopes=None, one=None, **kw):
+    one = one or attend_one_sequence
     outs, lses = [], []
     for b in range(q.shape[0]):
         sl = None if slopes is None else (slopes if slopes.dim() == 1 else slopes[b])
-        o, l = attend_one_sequence(q[b], k[b], v[b], slopes=sl, **kw)
+        o, l = one(q[b], k[b], v[b], slopes=sl, **kw)
         outs.append(o)
         lses.append(l)
     return torch.stack(outs), torch.stack(lses)
 
 
-def varlen(q, k, v, cu_q, cu_k, slopes=None, **kw):
+def varlen(q, k, v, cu_q, cu_k, slopes=None, one=None, **kw):
+    one = one or attend_one_sequence
     cq, ck = cu_q.tolist(), cu_k.tolist()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[-1], dtype=torch.float64)
     lse = torch.full((q.shape[1], q.shape[0]), -math.inf, dtype=torch.float64)
@@ -68,13 +105,14 @@ def varlen(q, k, v, cu_q, cu_k, slopes=None, **kw):
         if cq[b + 1] == cq[b]:
             continue
         sl = None if slopes is None else (slopes if slopes.dim() == 1 else slopes[b])
-        o, l = attend_one_sequence(q[cq[b]:cq[b + 1]], k[ck[b]:ck[b + 1]], v[ck[b]:ck[b + 1]], slopes=sl, **kw)
+        o, l = one(q[cq[b]:cq[b + 1]], k[ck[b]:ck[b + 1]], v[ck[b]:ck[b + 1]], slopes=sl, **kw)
         out[cq[b]:cq[b + 1]] = o
         lse[:, cq[b]:cq[b + 1]] = l
     return out, lse
 
 
-def paged(q, k_cache, v_cache, block_table, seqused_k, cu_q=None, slopes=None, **kw):
+def paged(q, k_cache, v_cache, block_table, seqused_k, cu_q=None, slopes=None, one=None, **kw):
+    one = one or attend_one_sequence
     bs = k_cache.shape[1]
     batch = block_table.shape[0]
     cq = list(range(batch + 1)) if cu_q is None else cu_q.tolist()
@@ -88,7 +126,7 @@ def paged(q, k_cache, v_cache, block_table, seqused_k, cu_q=None, slopes=None, *
         kk = torch.stack([k_cache[blk, r] for blk, r in rows]) if rows else k_cache[:0, 0]
         vv = torch.stack([v_cache[blk, r] for blk, r in rows]) if rows else v_cache[:0, 0]
         sl = None if slopes is None else (slopes if slopes.dim() == 1 else slopes[b])
-        o, l = attend_one_sequence(q[cq[b]:cq[b + 1]], kk, vv, slopes=sl, **kw)
+        o, l = one(q[cq[b]:cq[b + 1]], kk, vv, slopes=sl, **kw)
         out[cq[b]:cq[b + 1]] = o
         lse[:, cq[b]:cq[b + 1]] = l
     return out, lse

@@ -81,10 +81,89 @@ def test_sdpa_says_it_cannot_return_lse():
 
 
 def test_flex_compiled_once_on_cpu(monkeypatch):
+    """ANYATTN_FLEX_COMPILE=1 compiles on CPU; each compiled shape's first call is checked
+    against the uncompiled result (issue 9: wrong values for some short sequences, depending on
+    which shape compiled first), and what Inductor cannot do on CPU (lse, sinks) runs uncompiled
+    instead of raising InductorError."""
+    from anyattn.backends import flex
+
     monkeypatch.setenv("ANYATTN_FLEX_COMPILE", "1")
+    for sq, sk in ((40, 40), (7, 13)):  # the failing length first, then a short Sq != Sk one
+        q, k, v = inputs.dense(b=1, sq=sq, sk=sk, hq=2, hkv=2, d=16, seed=sq)
+        out = anyattn.attention(q, k, v, causal=True, softcap=5.0, backend="flex")
+        assert torch.allclose(out.double(), naive.dense(q, k, v, causal=True, softcap=5.0)[0], atol=2e-5)
+    assert sum(1 for key in flex._CPU_CHECKED if key[1] in ((1, 40, 2, 16), (1, 7, 2, 16))) == 2
+    sinks = torch.tensor([0.3, -0.7])
+    out, lse = anyattn.attention(q, k, v, causal=True, sinks=sinks, return_lse=True, backend="flex")
+    ref_out, ref_lse = naive.dense(q, k, v, causal=True, sinks=sinks)
+    assert torch.allclose(out.double(), ref_out, atol=2e-5) and torch.allclose(lse.double(), ref_lse, atol=2e-5)
+
+
+def _fake_compiled_flex(monkeypatch, wrong=1.7, forbid_lse=False):
+    """Stand in for torch.compile(flex_attention) on CPU: the eager result x ``wrong`` (or an
+    InductorError-like failure when asked for the lse)."""
+    from anyattn.backends import flex
+
+    eager = flex._flex_fn("eager")
+    calls = []
+
+    def compiled(*args, **kw):
+        calls.append(kw)
+        if forbid_lse and "return_aux" in kw or "return_lse" in kw:
+            raise RuntimeError("InductorError: torch.compile on CPU only supports inference and return_lse is "
+                               "not supported yet")
+        return eager(*args, **kw) * wrong
+
+    real = flex._flex_fn
+    monkeypatch.setattr(flex, "_flex_fn", lambda mode: compiled if mode in ("static", "dynamic") else real(mode))
+    monkeypatch.setattr(flex, "_CPU_CHECKED", {})
+    monkeypatch.setenv("ANYATTN_FLEX_COMPILE", "1")
+    return calls
+
+
+def test_wrong_compiled_cpu_flex_is_caught_and_served_uncompiled(monkeypatch, caplog):
+    calls = _fake_compiled_flex(monkeypatch, wrong=1.7)
     q, k, v = inputs.dense(b=1, sq=40, sk=40, hq=2, hkv=2, d=16)
-    out = anyattn.attention(q, k, v, causal=True, softcap=5.0, backend="flex")
-    assert torch.allclose(out.double(), naive.dense(q, k, v, causal=True, softcap=5.0)[0], atol=2e-5)
+    ref = naive.dense(q, k, v, causal=True)[0]
+    with caplog.at_level("WARNING", logger="anyattn"):
+        for _ in range(3):
+            out = anyattn.attention(q, k, v, causal=True, backend="flex")
+            assert torch.allclose(out.double(), ref, atol=2e-5), (out.double() - ref).abs().max()
+    assert len(calls) == 1, "a shape that compiled wrong must not be run compiled again"
+    msgs = [r.getMessage() for r in caplog.records if "disagrees" in r.getMessage()]
+    assert len(msgs) == 1 and "relative error 0.7" in msgs[0]
+    # A right compiled result is used as is (the check runs once per shape).
+    calls = _fake_compiled_flex(monkeypatch, wrong=1.0)
+    for _ in range(2):
+        anyattn.attention(q, k, v, causal=True, backend="flex")
+    assert len(calls) == 2
+
+
+def test_compiled_cpu_flex_never_compiles_lse_sinks_or_grad(monkeypatch):
+    calls = _fake_compiled_flex(monkeypatch, forbid_lse=True)
+    q, k, v = inputs.dense(b=1, sq=6, sk=10, hq=2, hkv=1, d=16)
+    sinks = torch.tensor([0.3, -0.7])
+    out, lse = anyattn.attention(q, k, v, causal=True, sinks=sinks, return_lse=True, backend="flex")
+    ref_out, ref_lse = naive.dense(q, k, v, causal=True, sinks=sinks)
+    assert torch.allclose(out.double(), ref_out, atol=2e-5) and torch.allclose(lse.double(), ref_lse, atol=2e-5)
+    assert calls == []
+    # No backward on CPU at all (torch raises NotImplementedError even uncompiled): a reason.
+    qg = q.clone().requires_grad_()
+    with pytest.raises(anyattn.NoBackendError, match="no backward on CPU"):
+        anyattn.attention(qg, k, v, causal=True, softcap=2.0, backend="flex")
+    out = anyattn.attention(qg, k, v, causal=True, softcap=2.0)
+    out.sum().backward()
+    assert qg.grad is not None and calls == []
+
+
+def test_flex_on_cpu_runs_uncompiled_unless_asked(monkeypatch):
+    from anyattn.backends import flex
+
+    monkeypatch.delenv("ANYATTN_FLEX_COMPILE", raising=False)
+    assert not flex._compile_enabled("cpu") and flex._compile_enabled("cuda")
+    q, k, v = inputs.dense(b=1, sq=5, sk=5, hq=2, hkv=2, d=16)
+    d = anyattn.explain(q, k, v, softcap=3.0, backend="flex")
+    assert "not trusted" in " ".join(next(c for c in d.candidates if c.name == "flex").notes)
 
 
 def test_automatic_choice_on_cpu_is_fast_path_and_correct():

@@ -137,6 +137,8 @@ class Backend:
     #: distribution name for version lookup and install hints
     distribution: str | None = None
     install_hint: str = ""
+    #: what the first-import probe runs in a subprocess (default: ``import <module>``)
+    probe_statement: str | None = None
     caps: Capabilities
 
     def __init__(self) -> None:
@@ -161,6 +163,14 @@ class Backend:
     def _probe(self) -> Availability:
         if self.module is not None and importlib.util.find_spec(self.module.split(".")[0]) is None:
             return Availability(installed=False)
+        if self.module is not None:
+            # A first import that segfaults, aborts or hangs is tried in a subprocess first.
+            from .. import isolation
+
+            died = isolation.first_import_reason(self.module, self.probe_statement or f"import {self.module}",
+                                                 self.version())
+            if died:
+                return Availability(installed=True, version=self.version(), error=died)
         try:
             self._loaded = self.load()
         except Exception as exc:  # noqa: BLE001 - any import failure is a reason, never a crash

@@ -7,11 +7,23 @@ specialised per shape; varlen/paged calls, whose token counts change every call,
 symbolic sizes. anyattn raises torch._dynamo's recompile limit to 64 so new sequence lengths do
 not silently fall back to the unfused path. Set ``ANYATTN_FLEX_COMPILE=0`` to run it uncompiled
 (torch's unfused reference path: slow, for debugging and tests).
+
+On CPU FlexAttention runs uncompiled unless ``ANYATTN_FLEX_COMPILE=1`` asks for it, because
+compiled FlexAttention on CPU (torch 2.13) is not trustworthy: it returned wrong values
+(max error ~0.7) for some short sequences depending on which shape compiled first (issue 9),
+Inductor refuses the log-sum-exp and backward there ("torch.compile on CPU only supports
+inference and return_lse is not supported yet", so sinks and ``return_lse`` crashed), and each
+new shape costs seconds of C++ compilation, more than the fused kernel saves at the sizes CPU
+attention runs. When compiling on CPU is asked for, calls that need the log-sum-exp or a
+backward run uncompiled, and the first call of every compiled shape is checked against the
+uncompiled result: a shape whose compiled kernel disagrees is served uncompiled from then on,
+with one warning.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 
@@ -51,8 +63,21 @@ def _flex_fn(mode: str):
     return torch.compile(flex_attention, dynamic=False if mode == "static" else True)
 
 
-def _compile_enabled() -> bool:
-    return os.environ.get("ANYATTN_FLEX_COMPILE", "1") not in ("0", "false", "False")
+def _compile_enabled(device_type: str = "cuda") -> bool:
+    """ANYATTN_FLEX_COMPILE=0: never; =1: everywhere; unset: on CUDA only (see the module doc)."""
+    value = os.environ.get("ANYATTN_FLEX_COMPILE", "").strip()
+    if value in ("0", "false", "False"):
+        return False
+    if value:
+        return True
+    return device_type != "cpu"
+
+
+log = logging.getLogger("anyattn")
+# CPU only: compiled shapes already checked against the uncompiled result -> whether they agreed.
+_CPU_CHECKED: dict = {}
+# Relative (norm) error above which a compiled CPU result is wrong, not rounding.
+_CPU_CHECK_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 
 class FlexBackend(Backend):
@@ -77,17 +102,22 @@ class FlexBackend(Backend):
         if need and _torch_version() < need:
             return [f"FlexAttention on {req.device_type} needs torch >= {need[0]}.{need[1]}, "
                     f"this is {torch.__version__}"]
-        if req.grad and req.device_type == "cpu":
-            # torch raises "FlexAttention does not support backward on CPU" (seen with 2.13).
-            return [f"no backward on CPU (torch {torch.__version__}'s FlexAttention is inference-only there)"]
+        if req.device_type == "cpu" and req.grad:
+            # torch raises NotImplementedError("FlexAttention does not support backward on CPU"),
+            # compiled or not (found by the fuzz suite, torch 2.13).
+            return [f"no backward on CPU (torch {torch.__version__}'s FlexAttention has none)"]
         return []
 
     def notes(self, req: Request) -> list[str]:
         out = []
         if req.op == "paged":
             out.append("paged KV gathered into a padded batch first (extra memory and time)")
-        if not _compile_enabled():
-            out.append("ANYATTN_FLEX_COMPILE=0: running uncompiled (unfused, slow)")
+        if not _compile_enabled(req.device_type):
+            why = ("ANYATTN_FLEX_COMPILE=0" if req.device_type != "cpu" or os.environ.get("ANYATTN_FLEX_COMPILE")
+                   else "compiled FlexAttention on CPU is not trusted (ANYATTN_FLEX_COMPILE=1 forces it)")
+            out.append(f"{why}: running uncompiled (unfused, slow)")
+        elif req.device_type == "cpu" and (req.lse or req.sinks or req.grad):
+            out.append("runs uncompiled: torch.compile on CPU supports neither the log-sum-exp nor backward")
         else:
             out.append("compiles on the first call of each shape (seconds); later calls reuse it")
         return out
@@ -128,6 +158,14 @@ class FlexBackend(Backend):
               return_lse):
         b, sq, hq, _ = q.shape
         sk = k.shape[1]
+        if sq == 0 or sk == 0 or b == 0:
+            # flex_attention indexes its block mask and reduces over keys: it raises IndexError on
+            # an empty axis (found by the fuzz suite). No key seen: zeros, lse = -inf (or the sink).
+            o = q.new_zeros(b, sq, hq, v.shape[-1])
+            lse = q.new_full((b, hq, sq), float("-inf"), dtype=torch.float32)
+            if sinks is not None:
+                lse = sinks.float().view(1, -1, 1).expand_as(lse).clone()
+            return o, lse
         mode = "docs" if docs is not None else "padded" if q_lens is not None else "dense"
         alibi_rank = 0 if alibi_slopes is None else alibi_slopes.dim()
         mods = _mods_for(mode, sk - sq if mode == "dense" else 0, causal, window, softcap, alibi_rank)
@@ -139,13 +177,27 @@ class FlexBackend(Backend):
         kwargs = {"enable_gqa": hq != k.shape[2]}
         if need_lse:
             kwargs.update(_lse_kwargs())
-        compiled = _compile_enabled()
+        compiled = _compile_enabled(q.device.type)
+        on_cpu = q.device.type == "cpu"
+        check_key = None
+        if compiled and on_cpu:
+            # Inductor on CPU: inference only, no lse (InductorError in torch 2.13).
+            if need_lse or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+                compiled = False
+            else:
+                check_key = (mode, tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype, mods.key,
+                             block_mask is not None)
+                if _CPU_CHECKED.get(check_key) is False:
+                    compiled = False
+        args = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        call_kw = dict(score_mod=mods.score_mod, block_mask=block_mask, scale=scale, **kwargs)
         with warnings.catch_warnings():
-            if not compiled:  # the user asked for the unfused path; torch's advice is noise then
-                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            # The unfused path is chosen (by the user or for CPU); torch's advice is noise then.
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             fn = _flex_fn("eager" if not compiled else "static" if mode == "dense" else "dynamic")
-            res = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                     score_mod=mods.score_mod, block_mask=block_mask, scale=scale, **kwargs)
+            res = fn(*args, **call_kw)
+            if check_key is not None and check_key not in _CPU_CHECKED:
+                res = _checked_against_eager(check_key, res, args, call_kw)
         mods.bind()  # drop this call's tensors
         if need_lse:
             o, aux = res
@@ -264,6 +316,22 @@ def _lse_kwargs():
         return {"return_aux": AuxRequest(lse=True)}
     except ImportError:  # torch < 2.9
         return {"return_lse": True}
+
+
+def _checked_against_eager(key, res, args, call_kw):
+    """First call of a compiled CPU shape: compare with the uncompiled result (issue 9: compiled
+    FlexAttention on CPU returned wrong values for some short sequences). Returns the result to use."""
+    eager = _flex_fn("eager")(*args, **call_kw)
+    ref = eager.float()
+    err = float((res.float() - ref).norm() / ref.norm().clamp_min(1e-12))
+    ok = err <= _CPU_CHECK_TOL.get(args[0].dtype, 1e-4) and bool(torch.isfinite(res).all())
+    _CPU_CHECKED[key] = ok
+    if ok:
+        return res
+    log.warning("anyattn: compiled FlexAttention on CPU disagrees with the uncompiled result for shapes "
+                "%s (relative error %.2g, torch %s); running this shape uncompiled", key[1:4], err,
+                torch.__version__)
+    return eager
 
 
 def _finish(o, lse, out, return_lse):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import warnings
 
 import torch
@@ -163,11 +164,24 @@ def _why_mask(req: Request) -> str:
     return " and ".join(why) or "nothing"
 
 
+# torch's SDPA kernel flags are process-global, not per thread: without a lock, thread A's
+# pin of the flash kernel could be undone by thread B's restore mid-call (A would then run
+# B's kernel, or whatever the flags were before both).
+_PIN_LOCK = threading.RLock()
+
+
 class _PinKernel:
     """Enable exactly one SDPA kernel for the duration of a call, then restore the flags.
 
     Does what ``torch.nn.attention.sdpa_kernel`` does through torch.backends.cuda's public flag
     functions, at a third of the cost: this sits on every call's path.
+
+    Thread safety: anyattn's pinned calls hold a process-wide lock from pinning to restoring,
+    so concurrent ``sdpa_*`` calls from several threads each run the kernel they pinned (they
+    are serialised for the duration of the launch; on CUDA that is the host-side launch, not
+    the kernel). Limit: torch's flags are global, so code in *another* thread calling
+    ``F.scaled_dot_product_attention`` directly (not through anyattn) while a pinned call is in
+    flight sees the pinned flags, as it would under ``torch.nn.attention.sdpa_kernel``.
     """
 
     _FLAGS = {  # kernel -> (getter, setter) in torch.backends.cuda
@@ -181,16 +195,25 @@ class _PinKernel:
         cuda = torch.backends.cuda
         self._flags = [(getattr(cuda, g), getattr(cuda, s_), k == kernel) for k, (g, s_) in self._FLAGS.items()
                        if hasattr(cuda, g)]
-        self._saved: list[bool] = []
+        self._saved: list[list[bool]] = []
 
     def __enter__(self):
-        self._saved = [get() for get, _, _ in self._flags]
-        for _, set_, on in self._flags:
-            set_(on)
+        _PIN_LOCK.acquire()
+        try:
+            saved = [get() for get, _, _ in self._flags]
+            for _, set_, on in self._flags:
+                set_(on)
+        except BaseException:
+            _PIN_LOCK.release()
+            raise
+        self._saved.append(saved)  # a stack: the same instance may be entered re-entrantly
 
     def __exit__(self, *exc):
-        for (_, set_, _), was in zip(self._flags, self._saved):
-            set_(was)
+        try:
+            for (_, set_, _), was in zip(self._flags, self._saved.pop()):
+                set_(was)
+        finally:
+            _PIN_LOCK.release()
 
 
 def _kernel_context(kernel: str | None):

@@ -26,6 +26,7 @@ How a call is mapped:
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -60,11 +61,24 @@ class XFormersBackend(V.VendorBackend):
         super().__init__()
         self._probe_cache: dict = {}
 
-    def load(self):
-        import xformers
-        import xformers.ops as xops
-        from xformers.ops.fmha import attn_bias
+    probe_statement = "import xformers.ops"  # where its C++/CUDA library loads
 
+    def load(self):
+        # xFormers prints a multi-line "can't load C++/CUDA extensions" banner on import when its
+        # build does not match; anyattn reports that as a reason, so keep it off the user's terminal.
+        import contextlib
+        import io
+        import logging as _logging
+
+        banner = io.StringIO()
+        with contextlib.redirect_stderr(banner), contextlib.redirect_stdout(banner), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import xformers
+            import xformers.ops as xops
+            from xformers.ops.fmha import attn_bias
+        if banner.getvalue().strip():
+            _logging.getLogger("anyattn").debug("anyattn: xformers import said: %s", banner.getvalue().strip())
         return _Lib(xformers, xops, attn_bias)
 
     # -- selection ------------------------------------------------------------------------

@@ -657,6 +657,26 @@ def check_triton(f: Facts, ctx) -> List[Finding]:
                     subject="triton")]
 
 
+@check
+def check_verify_failures(f: Facts, ctx) -> List[Finding]:
+    """Backends that failed `anyattn verify` here: automatic selection already skips them."""
+    by_backend: Dict[str, List[Dict[str, Any]]] = {}
+    for r in (f.verify or {}).get("failures", []):
+        by_backend.setdefault(r.get("backend") or "?", []).append(r)
+    out = []
+    for name, rs in sorted(by_backend.items()):
+        cells = ", ".join(f"{r.get('op')} {r.get('dtype')} {r.get('family')}" for r in rs)
+        out.append(Finding("verify_failed", "warning",
+                           f"{name} {rs[0].get('version') or ''} failed anyattn's self-test on this machine ({cells})",
+                           {"failures": rs, "cache": (f.verify or {}).get("cache")},
+                           "It can serve these calls on paper but gave wrong results or crashed here; automatic "
+                           "selection skips it for them (a backend forced by name still runs).",
+                           [f"anyattn verify --backend {name}   # again after upgrading {name}, torch or the driver",
+                            f"anyattn which --backend {name}   # what it is still chosen for"],
+                           subject=name))
+    return out
+
+
 # ------------------------------------------------------------------ driver
 
 

@@ -85,6 +85,7 @@ class Facts:
     # issue 11: the new stack -- versions of every CuTe DSL / FlashInfer / FA4 piece, the DSL's
     # dsl_packages dir and whether sys.path has it, sys.path itself (no import of any of them)
     stack: Dict[str, Any] = field(default_factory=dict)
+    verify: Dict[str, Any] = field(default_factory=dict)  # failures cached by `anyattn verify`
     how: Dict[str, str] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     machine: str = ""  # free-text label for recorded fact sets
@@ -670,6 +671,25 @@ def collect_triton_meta(f: Facts) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def collect_verify(f: Facts) -> None:
+    """Failures that `anyattn verify` cached on this machine (its JSON file only; runs nothing)."""
+    from .. import __version__
+    from .. import verify as _verify
+
+    data = _verify.load().get("machines") or {}
+    failures = []
+    for entry in data.values():
+        m = entry.get("machine", {})
+        if m.get("anyattn") != __version__ or m.get("torch") != f.torch.get("version"):
+            continue  # another anyattn/torch: not this machine's current state
+        for key, r in sorted(entry.get("results", {}).items()):
+            if r.get("status") == "fail":
+                failures.append({k: r.get(k) for k in ("backend", "version", "op", "dtype", "family", "reason")}
+                                | {"device": m.get("device")})
+    f.verify = {"cache": _verify.cache_path(), "failures": failures}
+    f.how["verify"] = "the `anyattn verify` cache file"
+
+
 def run_probes(f: Facts, timeout: float = 60.0, progress: Optional[Callable[[str], None]] = None,
                python: Optional[str] = None) -> None:
     """Import-probe every installed attention package in subprocesses (in parallel)."""
@@ -712,7 +732,8 @@ def collect(probe: bool = True, timeout: float = 60.0,
              ("CUDA toolkit", collect_toolkit), ("pip CUDA packages", collect_pip_cuda),
              ("build prerequisites", collect_build), ("memory", collect_memory),
              ("attention packages", collect_package_metadata), ("flashinfer cache", collect_flashinfer),
-             ("triton", collect_triton_meta), ("FA4 / CuTe DSL / FlashInfer pieces", collect_stack)]
+             ("triton", collect_triton_meta), ("FA4 / CuTe DSL / FlashInfer pieces", collect_stack),
+             ("verify cache", collect_verify)]
     for label, fn in steps:
         if progress:
             progress(f"reading {label}")

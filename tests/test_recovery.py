@@ -1,0 +1,295 @@
+"""Recovery and trust: a backend that fails at run time or fails the self-test is passed over.
+
+Stand-in backends (module=None: "installed" wherever torch is) are ranked first for CPU dense
+attention, then made to raise or to return wrong numbers.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import anyattn
+from anyattn import backends, selector, verify
+from anyattn.backends.base import Backend, HeadDims, caps
+from tests import inputs, naive
+
+
+class _Flaky(Backend):
+    """Serves CPU fp32 dense attention on paper; at run time raises ``self.exc`` (or returns
+    ``self.wrong`` x the right answer when set)."""
+
+    name = "flaky"
+    module = None
+    distribution = None
+    caps = caps(devices={"cpu"}, dtypes={torch.float32}, ops={"attention"},
+                features={"causal", "gqa", "lse", "sinks", "softcap", "alibi", "window"}, head_dims=HeadDims(max=128))
+
+    def __init__(self, exc=None, wrong=None):
+        super().__init__()
+        self.exc, self.wrong, self.calls = exc, wrong, 0
+
+    def attention(self, q, k, v, **kw):
+        self.calls += 1
+        if self.exc is not None:
+            raise self.exc
+        o, lse = backends.get("reference").attention(q, k, v, **kw)
+        return (o * self.wrong if self.wrong is not None else o), lse
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    made = []
+
+    def make(exc=None, wrong=None, name="flaky", first=True):
+        b = _Flaky(exc, wrong)
+        b.name = name
+        backends.register(b)
+        made.append(name)
+        if first:
+            order = selector.AUTO_ORDER["cpu"]["attention"]
+            monkeypatch.setitem(selector.AUTO_ORDER["cpu"], "attention", [name] + [n for n in order if n != name])
+        return b
+
+    yield make
+    for name in made:
+        backends.unregister(name)
+
+
+@pytest.fixture(autouse=True)
+def _own_verify_cache(tmp_path, monkeypatch):
+    """Each test starts with no verify results (some tests write failures there)."""
+    monkeypatch.setenv("ANYATTN_CACHE_DIR", str(tmp_path / "cache"))
+    anyattn.clear_cache()
+    yield
+    anyattn.clear_cache()
+
+
+def _qkv():
+    return inputs.dense(b=1, sq=9, sk=11, hq=2, hkv=1, d=16, seed=3)
+
+
+def _triton_oor():
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources(232448, 101376, "shared memory")
+
+
+def _inductor_error():
+    # What Flex+sinks on CPU raised (issue 9); InductorError is a RuntimeError subclass.
+    return RuntimeError("torch._inductor.exc.InductorError: LoweringException: NotImplementedError: torch.compile "
+                        "on CPU only supports inference and `return_lse` is not supported yet.")
+
+
+@pytest.mark.parametrize("make_exc", [lambda: NotImplementedError("no kernel for this shape"), _inductor_error,
+                                      lambda: ImportError("libcudart.so.13: cannot open shared object file"),
+                                      _triton_oor, lambda: AssertionError("kernel precondition")],
+                         ids=["NotImplementedError", "InductorError", "ImportError", "OutOfResources", "assert"])
+def test_automatic_mode_recovers_once_per_signature(flaky, caplog, make_exc):
+    bad = flaky(exc=make_exc())
+    q, k, v = _qkv()
+    assert anyattn.explain(q, k, v, causal=True).chosen == "flaky"
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        out = anyattn.attention(q, k, v, causal=True)
+        out2 = anyattn.attention(q, k, v, causal=True)
+    ref = naive.dense(q, k, v, causal=True)[0]
+    assert torch.allclose(out.double(), ref, atol=2e-5) and torch.allclose(out2.double(), ref, atol=2e-5)
+    assert bad.calls == 1, "the failed backend must not be retried for this signature"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    msg = warnings[0].getMessage()
+    assert "flaky" in msg and type(bad.exc).__name__ in msg and "sdpa_flash serves" in msg, msg
+    # explain() shows the learnt reason, and the replacement.
+    d = anyattn.explain(q, k, v, causal=True)
+    cand = next(c for c in d.candidates if c.name == "flaky")
+    assert d.chosen == "sdpa_flash" and cand.status == "rejected"
+    assert cand.reasons[0].startswith("failed at run time on this machine: " + type(bad.exc).__name__)
+    # Another signature still tries the backend first: the reason is per signature.
+    anyattn.attention(q, k, v, causal=False)
+    assert bad.calls == 2
+
+
+def test_strict_name_reraises_and_records_nothing(flaky):
+    bad = flaky(exc=NotImplementedError("nope"))
+    q, k, v = _qkv()
+    with pytest.raises(NotImplementedError, match="nope"):
+        anyattn.attention(q, k, v, backend="flaky")
+    with pytest.raises(NotImplementedError):
+        anyattn.attention(q, k, v, backend="flaky")
+    assert bad.calls == 2
+    assert anyattn.explain(q, k, v).chosen == "flaky"  # automatic still ranks it: nothing learnt
+
+
+def test_ordered_list_falls_back_in_order(flaky, caplog):
+    flaky(exc=RuntimeError("boom"), first=False)
+    second = flaky(exc=NotImplementedError("also"), name="flaky2", first=False)
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        out = anyattn.attention(q, k, v, backend="flaky,flaky2,sdpa_math")
+    assert torch.allclose(out.double(), naive.dense(q, k, v)[0], atol=2e-5)
+    assert second.calls == 1
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "flaky (RuntimeError: boom), flaky2 (NotImplementedError: also)" in msgs[0]
+    assert "sdpa_math serves" in msgs[0]
+    d = anyattn.explain(q, k, v, backend="flaky,flaky2,sdpa_math")
+    assert d.chosen == "sdpa_math"
+
+
+def test_when_every_candidate_fails_the_first_error_surfaces(flaky):
+    flaky(exc=RuntimeError("first"), first=False)
+    flaky(exc=RuntimeError("second"), name="flaky2", first=False)
+    q, k, v = _qkv()
+    with pytest.raises(RuntimeError, match="first"):
+        anyattn.attention(q, k, v, backend=["flaky", "flaky2"])
+
+
+@pytest.mark.parametrize("exc", [ValueError("block_table: ids out of range"), TypeError("x: expected int"),
+                                 torch.OutOfMemoryError("CUDA out of memory")], ids=["ValueError", "TypeError", "OOM"])
+def test_callers_errors_are_not_retried(flaky, exc):
+    bad = flaky(exc=exc)
+    q, k, v = _qkv()
+    with pytest.raises(type(exc)):
+        anyattn.attention(q, k, v)
+    with pytest.raises(type(exc)):
+        anyattn.attention(q, k, v)
+    assert bad.calls == 2 and anyattn.explain(q, k, v).chosen == "flaky"
+
+
+def test_clear_cache_forgets_runtime_failures(flaky):
+    bad = flaky(exc=NotImplementedError("x"))
+    q, k, v = _qkv()
+    anyattn.attention(q, k, v)
+    assert anyattn.explain(q, k, v).chosen != "flaky"
+    anyattn.clear_cache()
+    assert anyattn.explain(q, k, v).chosen == "flaky"
+    assert bad.calls == 1
+
+
+# ------------------------------------------------------------------------------ verify
+def test_verify_catches_wrong_numbers_and_selection_skips_it(flaky):
+    bad = flaky(wrong=1.7)
+    summary = verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32],
+                         families=["plain", "causal"], budget_s=60)
+    assert summary["counts"] == {"fail": 2}
+    r = summary["results"][0]
+    assert r["status"] == "fail" and 0.5 < r["error"] < 1.0, r  # |1.7 - 1| = 0.7 relative
+    assert r["reason"].startswith("failed the numerical self-test on this machine: relative error 0.7 at seqlen 40")
+    assert f"torch {torch.__version__}" in r["reason"]
+    on_disk = json.load(open(summary["cache"]))
+    (entry,) = on_disk["machines"].values()
+    assert entry["machine"]["torch"] == torch.__version__
+    assert any(k.startswith("flaky==") and v["status"] == "fail" for k, v in entry["results"].items())
+
+    q, k, v = _qkv()
+    d = anyattn.explain(q, k, v)
+    cand = next(c for c in d.candidates if c.name == "flaky")
+    assert d.chosen == "sdpa_flash" and "relative error 0.7" in cand.reasons[0]
+    out = anyattn.attention(q, k, v)
+    assert torch.allclose(out.double(), naive.dense(q, k, v)[0], atol=2e-5)
+    assert bad.calls == 2  # one failing case per cell in verify; the user's call never reached it
+    # Forced by name: the user gets what they asked for, with the finding as a note.
+    forced = anyattn.explain(q, k, v, backend="flaky")
+    assert forced.chosen == "flaky"
+    assert "forced by name" in next(c for c in forced.candidates if c.name == "flaky").notes[0]
+
+
+def test_verify_passes_real_cpu_backends_and_marks_what_they_do_not_serve():
+    summary = verify.run("cpu", backends_=["sdpa_math", "flex"], ops=["attention", "varlen"],
+                         dtypes=[torch.float32], families=["plain", "softcap", "gqa"], budget_s=120)
+    by = {(r["backend"], r["op"], r["family"]): r for r in summary["results"]}
+    assert by[("sdpa_math", "attention", "softcap")]["status"] == "n/a"
+    assert "soft-capping" in by[("sdpa_math", "attention", "softcap")]["reason"]
+    for key in [("sdpa_math", "attention", "plain"), ("sdpa_math", "varlen", "gqa"), ("flex", "attention", "softcap"),
+                ("flex", "varlen", "plain")]:
+        assert by[key]["status"] == "pass" and by[key]["error"] < 1e-5, by[key]
+
+
+def test_verify_budget_skips_and_does_not_store_skips(flaky):
+    flaky(wrong=2.0)
+    summary = verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32], budget_s=0.0)
+    assert summary["counts"] == {"skipped": len(verify.FAMILIES)}
+    assert summary["cache"] is None
+
+
+def test_a_corrupt_cache_file_never_breaks_a_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANYATTN_CACHE_DIR", str(tmp_path))
+    (tmp_path / "verify.json").write_text("{not json")
+    anyattn.clear_cache()
+    q, k, v = _qkv()
+    assert anyattn.explain(q, k, v).chosen == "sdpa_flash"
+
+
+def test_verify_on_first_use_catches_a_wrong_backend(flaky, monkeypatch, caplog):
+    bad = flaky(wrong=0.5)
+    monkeypatch.setenv("ANYATTN_VERIFY", "1")
+    q, k, v = _qkv()
+    sinks = torch.tensor([0.2, -0.4])
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        out = anyattn.attention(q, k, v, causal=True, sinks=sinks, softcap=4.0)
+    ref = naive.dense(q, k, v, causal=True, sinks=sinks, softcap=4.0)[0]
+    assert torch.allclose(out.double(), ref, atol=2e-5)
+    assert bad.calls == 1  # the one quick check; never the user's call
+    d = anyattn.explain(q, k, v, causal=True, sinks=sinks, softcap=4.0)
+    assert "first-use self-test" in next(c for c in d.candidates if c.name == "flaky").reasons[0]
+    assert any("flaky" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_verify_on_first_use_passes_a_good_backend(monkeypatch):
+    monkeypatch.setenv("ANYATTN_VERIFY", "1")
+    q, k, v = _qkv()
+    out = anyattn.attention(q, k, v, window=(3, 1))
+    assert torch.allclose(out.double(), naive.dense(q, k, v, window=(3, 1))[0], atol=2e-5)
+    assert anyattn.explain(q, k, v, window=(3, 1)).chosen == "sdpa_flash"
+
+
+def test_cli_verify_json(tmp_path):
+    env = {**os.environ, "ANYATTN_CACHE_DIR": str(tmp_path), "ANYATTN_FLEX_COMPILE": "0"}
+    cp = subprocess.run([sys.executable, "-m", "anyattn", "verify", "--json", "--backend", "sdpa_math",
+                         "--op", "attention", "--dtype", "fp32", "--family", "plain", "--family", "lse"],
+                        capture_output=True, text=True, env=env, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert cp.returncode == 0, cp.stderr
+    doc = json.loads(cp.stdout)
+    assert doc["counts"] == {"pass": 1, "n/a": 1} and doc["cache"] == str(tmp_path / "verify.json")
+    assert {"anyattn", "torch", "driver", "device"} <= set(doc["machine"])
+
+
+def test_doctor_reports_verify_failures(flaky):
+    from anyattn.doctor import checks, facts
+
+    flaky(wrong=1.7)
+    verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32], families=["plain"])
+    f = facts.Facts()
+    facts.collect_torch(f)
+    facts.collect_verify(f)
+    found = [x for x in checks.run_checks(f) if x.id == "verify_failed"]
+    assert len(found) == 1 and found[0].subject == "flaky" and found[0].severity == "warning"
+    assert "attention float32 plain" in found[0].title
+    assert "relative error 0.7" in found[0].evidence["failures"][0]["reason"]
+    assert any("anyattn verify --backend flaky" in line for line in found[0].fix)
+    # Another torch's results are not this machine's state.
+    f.torch["version"] = "0.0.1"
+    facts.collect_verify(f)
+    assert not [x for x in checks.run_checks(f) if x.id == "verify_failed"]
+
+
+@pytest.mark.gpu
+def test_verify_on_the_gpu(request, tmp_path):
+    """`anyattn verify --quick` over every backend installed on the GPU: prints the summary;
+    any failure is a finding (a backend wrong on this GPU) to declare as a reason."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    summary = verify.run("cuda", budget_s=500, quick=True)
+    fails = [r for r in summary["results"] if r["status"] == "fail"]
+    capman = request.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled():
+        print(f"\nverify on {summary['machine']['device']}: {summary['counts']} in {summary['wall_s']}s "
+              f"(CPU {summary['cpu_s']}s)")
+        for r in fails:
+            print(f"  FAIL {r['backend']} {r['op']} {r['dtype']} {r['family']}: {r['reason']}")
+    assert summary["counts"].get("pass", 0) > 0
+    assert not fails, [f"{r['backend']} {r['op']} {r['dtype']} {r['family']}: {r['reason']}" for r in fails]

@@ -463,8 +463,16 @@ def _memo_key(tensors, causal, scale, window, softcap, return_lse, grad, *extra)
             or _Unmemoisable in extra):
         return None
     try:
-        return (tuple(_tensor_meta(t) for t in tensors[1:]) + (tensors[0],) + extra
-                + (causal, scale, window, softcap, return_lse, grad))
+        # one flat tuple, built without a generator (a frame per tensor): this runs every call
+        key = [tensors[0]]
+        for t in tensors[1:]:
+            if t is None:
+                key.append(None)
+            else:
+                key += (t.shape, t.dtype, t.device, type(t))
+        key += extra
+        key += (causal, scale, window, softcap, return_lse, grad)
+        return tuple(key)
     except AttributeError:  # not a tensor: the checks will say so
         return None
 

@@ -78,6 +78,17 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+_CUDA_GET_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
+
+
+def current_device() -> int:
+    """``torch.cuda.current_device()`` without its lazy-init check: the kernel wrappers ask only
+    while holding a CUDA tensor, so CUDA is initialised."""
+    if _CUDA_GET_DEVICE is not None:
+        return _CUDA_GET_DEVICE()
+    return torch.cuda.current_device()
+
+
 def device_guard(t: torch.Tensor):
     """Make ``t``'s GPU current for the launch (Triton launches on the current device)."""
     if t.device.type == "cuda" and t.device.index is not None \

@@ -241,3 +241,21 @@ def test_remembered_calls_compute_the_reference_under_the_interpreter():
         assert float((out.double() - ro).abs().max()) < 1e-4
         assert float((lse.double() - rl).abs().max()) < 1e-3
         assert len(G._SIG) == 1
+
+
+def test_entry_made_with_plans_off_is_redone_when_they_are_on(mods, rec):
+    """The GPU tests switch plans off for the reference launch: the memo entry made then has
+    no plan key, and a later call with plans on must rebuild it rather than launch without one."""
+    P, _ = mods
+    P._SIG.clear()
+    t = torch.randn(1, 16, 2, 64).half()
+    P._FWD.enabled = False
+    try:
+        P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
+    finally:
+        P._FWD.enabled = True
+    assert next(iter(P._SIG.values()))[3] is None
+    P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
+    P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
+    assert [c[0] for c in rec.calls] == ["full", "full", "memo"]
+    assert rec.calls[2][2] == P._FWD.key_fn(rec.calls[2][4])

@@ -259,3 +259,18 @@ def test_entry_made_with_plans_off_is_redone_when_they_are_on(mods, rec):
     P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
     assert [c[0] for c in rec.calls] == ["full", "full", "memo"]
     assert rec.calls[2][2] == P._FWD.key_fn(rec.calls[2][4])
+
+
+@pytest.mark.parametrize("value, expect", [(None, False), ("1", True), ("0", False), ("", False),
+                                           ("false", False), ("False", False), ("true", True)])
+def test_interpret_mode_follows_the_environment(monkeypatch, value, expect):
+    """interpret_mode() reads os.environ's dict directly (it sits in every call's memo key):
+    it must agree with os.environ.get after any change made through os.environ."""
+    from anyattn.kernels._common import interpret_mode
+
+    if value is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpret_mode() is expect
+    assert expect == (os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False"))

@@ -378,3 +378,34 @@ class LaunchCache:
         if len(self.plans) >= _MAX_PLANS:
             self.plans.clear()
         self.plans[key] = _Plan(launcher, function, metadata, spec, raw)
+
+
+def _same_arg(a, b) -> bool:
+    if type(a) is not type(b):
+        return False
+    if hasattr(a, "data_ptr"):  # a tensor: the same object
+        return a is b
+    if type(a).__name__ == "TensorDescriptor" and hasattr(a, "__dict__"):
+        fa, fb = dict(vars(a)), dict(vars(b))
+        return fa.pop("base", None) is fb.pop("base", None) and fa == fb
+    return a == b
+
+
+def check_remembered(cache, got, want, fresh=()) -> None:
+    """Verify mode: a remembered launch ``got`` = (grid, args, options) must equal what the full
+    derivation builds for the same call (``want``); ``fresh``: argument positions holding buffers
+    allocated per call (compared by shape, strides and dtype). Raises RuntimeError naming the
+    first parameter that differs."""
+    (g, a, o), (wg, wa, wo) = got, want
+    if g != wg or o != wo or len(a) != len(wa):
+        raise RuntimeError(f"remembered launch of {cache.kernel} differs: grid {g} / {wg}, "
+                           f"options {o} / {wo}, {len(a)} / {len(wa)} arguments")
+    for i, (x, y) in enumerate(zip(a, wa)):
+        if i in fresh:
+            ok = (x.shape, x.stride(), x.dtype, x.device) == (y.shape, y.stride(), y.dtype, y.device)
+        else:
+            ok = _same_arg(x, y)
+        if not ok:
+            raise RuntimeError(f"remembered launch of {cache.kernel} differs in "
+                               f"{cache.names[i]}: {x!r} vs {y!r}")
+

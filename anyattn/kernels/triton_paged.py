@@ -32,7 +32,7 @@ from ._common import (
     num_sms,
     window_bounds,
 )
-from ._launch import LaunchCache
+from ._launch import LaunchCache, check_remembered
 
 
 @triton.jit
@@ -412,15 +412,27 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
                 lse_arg = lse if lse is not None else out
                 sinks_arg = sinks if sinks is not None else out
                 index = q.device.index if q.device.type == "cuda" else -1
-                _PAGED.launch_keyed(ltail, grid, (
-                    q, k_cache, v_cache, block_table, seqused_k,
-                    cu_seqlens_q if cu_seqlens_q is not None else seqused_k,
-                    out, lse_arg, op, lp, alibi_slopes if alibi_slopes is not None else out,
-                    sinks_arg) + tail, options, index)
+                args = (q, k_cache, v_cache, block_table, seqused_k,
+                        cu_seqlens_q if cu_seqlens_q is not None else seqused_k,
+                        out, lse_arg, op, lp, alibi_slopes if alibi_slopes is not None else out,
+                        sinks_arg) + tail
                 if comb is not None:
                     cgrid, coptions, ctail, cltail = comb
-                    _COMBINE.launch_keyed(cltail, cgrid, (op, lp, out, lse_arg, sinks_arg) + ctail,
-                                          coptions, index)
+                    cargs = (op, lp, out, lse_arg, sinks_arg) + ctail
+                if _PAGED.verify:
+                    want, cwant = _prepare_launches(
+                        q, k_cache, v_cache, block_table, seqused_k, out, lse, cu_seqlens_q,
+                        max_seqlen_q, max_seqlen_k, scale, causal, window, softcap, alibi_slopes,
+                        sinks, None, num_splits)
+                    check_remembered(_PAGED, (grid, args, options), want,
+                                     fresh=(8, 9) if S > 1 else ())
+                    if (comb is None) != (cwant is None):
+                        raise RuntimeError("remembered paged launch: combine step differs")
+                    if comb is not None:
+                        check_remembered(_COMBINE, (cgrid, cargs, coptions), cwant, fresh=(0, 1))
+                _PAGED.launch_keyed(ltail, grid, args, options, index)
+                if comb is not None:
+                    _COMBINE.launch_keyed(cltail, cgrid, cargs, coptions, index)
                 return out
     B, nbt = block_table.shape
     T = q.shape[0]

@@ -47,7 +47,7 @@ from ._common import (
     next_pow2,
     window_bounds,
 )
-from ._launch import LaunchCache
+from ._launch import LaunchCache, check_remembered
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -629,11 +629,15 @@ def _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap, 
                 else:
                     kd, vd = k, v
                 dummy = out
-                _FWD.launch_keyed(ltail, grid, (
-                    q, k, v, out, lse if lse is not None else dummy,
-                    alibi_slopes if alibi_slopes is not None else dummy,
-                    sinks if sinks is not None else dummy, q, q, kd, vd) + tail,
-                    options, q.device.index if q.device.type == "cuda" else -1)
+                args = (q, k, v, out, lse if lse is not None else dummy,
+                        alibi_slopes if alibi_slopes is not None else dummy,
+                        sinks if sinks is not None else dummy, q, q, kd, vd) + tail
+                if _FWD.verify:
+                    check_remembered(_FWD, (grid, args, options), _prepare_launch(
+                        q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes, sinks,
+                        None, None, None, None, None))
+                _FWD.launch_keyed(ltail, grid, args, options,
+                                  q.device.index if q.device.type == "cuda" else -1)
                 return out
     prepared = _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes,
                                sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,

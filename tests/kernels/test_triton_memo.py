@@ -274,3 +274,36 @@ def test_interpret_mode_follows_the_environment(monkeypatch, value, expect):
         monkeypatch.setenv("TRITON_INTERPRET", value)
     assert interpret_mode() is expect
     assert expect == (os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False"))
+
+
+def test_verify_mode_rederives_remembered_launches(mods, rec, monkeypatch):
+    """ANYATTN_TRITON_VERIFY_PLANS=1 (the GPU run) re-derives every remembered launch and
+    raises where the memo would launch something else."""
+    P, G = mods
+    monkeypatch.setattr(P._FWD, "verify", True, raising=False)
+    monkeypatch.setattr(G._PAGED, "verify", True, raising=False)
+    P._SIG.clear()
+    G._SIG.clear()
+    t = torch.randn(1, 16, 2, 64).half()
+    for _ in range(2):
+        P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
+    kc = torch.randn(8, 16, 2, 64).half()
+    bt = torch.arange(8, dtype=torch.int32).view(2, 4)
+    su = torch.full((2,), 64, dtype=torch.int32)
+    pq = torch.randn(2, 4, 64).half()
+    for _ in range(2):
+        G.paged_attention_forward(pq, kc, kc, bt, su, torch.empty_like(pq), scale=0.1,
+                                  max_seqlen_k=64, num_splits=2)
+    assert [c[0] for c in rec.calls] == ["full", "memo", "full", "full", "memo", "memo"]
+    # corrupt the remembered constants: verify mode must notice before launching
+    (key, e), = P._SIG.items()
+    tail = list(e[2])
+    tail[0] += 1
+    P._SIG[key] = (e[0], e[1], tuple(tail)) + e[3:]
+    with pytest.raises(RuntimeError, match="differs in sq_b"):
+        P.flash_attention_forward(t, t, t, torch.empty_like(t), scale=0.1)
+    (key, e), = G._SIG.items()
+    G._SIG[key] = ((e[0][0] + 1,) + e[0][1:],) + e[1:]
+    with pytest.raises(RuntimeError, match="grid"):
+        G.paged_attention_forward(pq, kc, kc, bt, su, torch.empty_like(pq), scale=0.1,
+                                  max_seqlen_k=64, num_splits=2)

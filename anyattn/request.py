@@ -90,7 +90,22 @@ def device_capability(device_type: str, index: int | None) -> tuple[int, int] | 
     return tuple(torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device()))
 
 
+# os.environ.get of an unset variable costs ~1 µs (Mapping.get raises and catches KeyError);
+# paged and varlen calls read ANYATTN_DEBUG every call. Look the encoded name up in os.environ's
+# own dict (kept current by every change made through os.environ); anything unusual (os.environ
+# replaced, no such dict) takes os.environ.get.
+_ENVIRON = os.environ
+_ENV_DATA = getattr(os.environ, "_data", None)
+try:
+    _DEBUG_KEY = os.environ.encodekey("ANYATTN_DEBUG")
+except Exception:  # noqa: BLE001
+    _DEBUG_KEY = None
+
+
 def debug_checks_enabled() -> bool:
+    if os.environ is _ENVIRON and type(_ENV_DATA) is dict and _DEBUG_KEY is not None:
+        raw = _ENV_DATA.get(_DEBUG_KEY)
+        return raw is not None and os.environ.decodevalue(raw) not in ("", "0", "false", "False")
     return os.environ.get("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
 
 
@@ -257,8 +272,17 @@ def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sink
     """
     if grad is None:
         grad = _grad_needed(q, k, v, sinks)
-    key = _memo_key(("attention", q, k, v, alibi_slopes, sinks, out), causal, scale, window, softcap,
-                    return_lse, grad)
+    key = None
+    if _plain_options(causal, scale, window, softcap, return_lse):
+        try:  # _memo_key's layout, written out: the common dense call pays no loop or frame
+            key = ("attention", q.shape, q.dtype, q.device, type(q), k.shape, k.dtype, k.device,
+                   type(k), v.shape, v.dtype, v.device, type(v),
+                   *((None,) if alibi_slopes is None else _tensor_meta(alibi_slopes)),
+                   *((None,) if sinks is None else _tensor_meta(sinks)),
+                   *((None,) if out is None else _tensor_meta(out)),
+                   causal, scale, window, softcap, return_lse, grad)
+        except AttributeError:  # not a tensor: the checks will say so
+            key = None
     hit = _MEMO.get(key) if key is not None else None
     if hit is not None:
         return hit
@@ -411,10 +435,22 @@ def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, 
     if grad is None:
         grad = _grad_needed(q, k_cache, v_cache, sinks)
     debug = debug_checks_enabled()
-    key = None if debug else _memo_key(
-        ("paged", q, k_cache, v_cache, alibi_slopes, sinks, out, block_table, seqused_k, cu_seqlens_q),
-        causal, scale, window, softcap, return_lse, grad, _int_or_none(max_seqlen_q),
-        _int_or_none(max_seqlen_k))
+    key = None
+    if not debug and _plain_options(causal, scale, window, softcap, return_lse) \
+            and type(max_seqlen_q) is int and (max_seqlen_k is None or type(max_seqlen_k) is int):
+        try:  # _memo_key's layout, written out (as in dense_request): this runs every decode step
+            key = ("paged", q.shape, q.dtype, q.device, type(q), k_cache.shape, k_cache.dtype,
+                   k_cache.device, type(k_cache), v_cache.shape, v_cache.dtype, v_cache.device,
+                   type(v_cache),
+                   *((None,) if alibi_slopes is None else _tensor_meta(alibi_slopes)),
+                   *((None,) if sinks is None else _tensor_meta(sinks)),
+                   *((None,) if out is None else _tensor_meta(out)),
+                   block_table.shape, block_table.dtype, block_table.device, type(block_table),
+                   seqused_k.shape, seqused_k.dtype, seqused_k.device, type(seqused_k),
+                   *((None,) if cu_seqlens_q is None else _tensor_meta(cu_seqlens_q)),
+                   max_seqlen_q, max_seqlen_k, causal, scale, window, softcap, return_lse, grad)
+        except AttributeError:  # not a tensor: the checks will say so
+            key = None
     hit = _MEMO.get(key) if key is not None else None
     if hit is not None:
         return hit
@@ -455,12 +491,21 @@ class _Unmemoisable:  # a marker: the key builder gives up
     pass
 
 
+def _plain_options(causal, scale, window, softcap, return_lse) -> bool:
+    """Whether the options are of the plain types that memoising relies on."""
+    return not (type(causal) is not bool or type(return_lse) is not bool
+                or type(scale) not in _PLAIN_SCALARS or type(softcap) not in _PLAIN_SCALARS
+                or softcap is None or type(window) is not tuple or len(window) != 2
+                or type(window[0]) is not int or type(window[1]) is not int)
+
+
 def _memo_key(tensors, causal, scale, window, softcap, return_lse, grad, *extra):
-    """A hashable key of everything validation looks at, or None if the call is unusual."""
-    if (type(causal) is not bool or type(return_lse) is not bool or type(scale) not in _PLAIN_SCALARS
-            or type(softcap) not in _PLAIN_SCALARS or softcap is None or type(window) is not tuple
-            or len(window) != 2 or type(window[0]) is not int or type(window[1]) is not int
-            or _Unmemoisable in extra):
+    """A hashable key of everything validation looks at, or None if the call is unusual.
+
+    Layout: op name, then per tensor either None or (shape, dtype, device, type) flattened (a
+    shape is never None, so the flat form is unambiguous), the extras, then the options.
+    """
+    if not _plain_options(causal, scale, window, softcap, return_lse) or _Unmemoisable in extra:
         return None
     try:
         # one flat tuple, built without a generator (a frame per tensor): this runs every call

@@ -307,3 +307,57 @@ def test_verify_mode_rederives_remembered_launches(mods, rec, monkeypatch):
     with pytest.raises(RuntimeError, match="grid"):
         G.paged_attention_forward(pq, kc, kc, bt, su, torch.empty_like(pq), scale=0.1,
                                   max_seqlen_k=64, num_splits=2)
+
+
+from test_triton_launch import flow  # noqa: E402,F401  (the launch-flow fixture)
+
+
+class _CLaunch:
+    """Stands in for the compiled C launcher (no __code__: not a Python function)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *a):
+        self.calls.append(a)
+
+
+class CudaLauncher:  # the name _direct_launch checks for; __call__ as in Triton 3.6
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid = False
+    launch_pdl = True
+
+    def __init__(self):
+        self.launch = _CLaunch()
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, *args):
+        self.launch(gridX, gridY, gridZ, stream, function, self.launch_cooperative_grid,
+                    self.launch_pdl, None, None, *args)
+
+
+def test_direct_launch_passes_what_the_launcher_would(flow, monkeypatch):
+    cache, ck, normal, calls = flow
+    launcher = CudaLauncher()
+    monkeypatch.setattr(type(ck), "run", property(lambda self: launcher))
+    monkeypatch.setattr(L, "triton_version", lambda: (3, 6))
+    grid, args, options, dev = next(c for c in calls
+                                    if all(isinstance(a, (torch.Tensor, int, float, str, bool))
+                                           for a in c[1]))
+    cache.launch(grid, args, options, dev)  # normal path: makes the plan
+    plan = next(iter(cache.plans.values()))
+    assert plan.direct is not None and plan.direct[0] is launcher.launch
+    cache.launch(grid, args, options, dev)
+    tail = cache.key_fn(args)
+    cache.launch_keyed(tail, grid, args, options, dev)
+    assert cache.fast == 2 and len(launcher.launch.calls) == 2
+    launcher(*grid, 777, 1234, ("meta",), None, None, None, *args)  # what the plan used to call
+    assert launcher.launch.calls[0] == launcher.launch.calls[1] == launcher.launch.calls[2]
+    # scratch buffers, a Python wrapper, or another Triton: the launcher object is called
+    for attr, value in (("global_scratch_size", 64), ("launch", lambda *a: None)):
+        other = CudaLauncher()
+        setattr(other, attr, value)
+        assert L._direct_launch(other) is None
+    monkeypatch.setattr(L, "triton_version", lambda: (3, 9))
+    cache.plans.clear()
+    cache.launch(grid, args, options, dev)
+    assert next(iter(cache.plans.values())).direct is None

@@ -42,7 +42,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0
     b = _sel.select(req, backend)
     o, lse = b.attention(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
                          alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out)
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o  # inline: _result's frame costs on every call
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
@@ -67,7 +67,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     o, lse = b.varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal,
                       scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                       return_lse=return_lse, out=out)
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o  # inline: _result's frame costs on every call
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q=None, max_seqlen_q=1,
@@ -102,7 +102,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q
                      max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, causal=causal, scale=scale,
                      window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
                      return_lse=return_lse, out=out)
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o  # inline: _result's frame costs on every call
 
 
 _OP_REQUESTS = {"attention": _rq.dense_request, "varlen": _rq.varlen_request, "paged": _rq.paged_request}

@@ -91,22 +91,30 @@ def device_capability(device_type: str, index: int | None) -> tuple[int, int] | 
 
 
 # os.environ.get of an unset variable costs ~1 µs (Mapping.get raises and catches KeyError);
-# paged and varlen calls read ANYATTN_DEBUG every call. Look the encoded name up in os.environ's
-# own dict (kept current by every change made through os.environ); anything unusual (os.environ
-# replaced, no such dict) takes os.environ.get.
+# paged and varlen calls read ANYATTN_DEBUG every call. getenv() looks the encoded name up in
+# os.environ's own dict, which every change made through os.environ keeps current; anything
+# unusual (os.environ replaced, a mapping without that dict) takes os.environ.get.
 _ENVIRON = os.environ
 _ENV_DATA = getattr(os.environ, "_data", None)
-try:
-    _DEBUG_KEY = os.environ.encodekey("ANYATTN_DEBUG")
-except Exception:  # noqa: BLE001
-    _DEBUG_KEY = None
+_ENV_KEYS: dict = {}
+
+
+def getenv(name: str, default=None):
+    """``os.environ.get(name, default)``, without the exception an unset name costs there."""
+    if os.environ is _ENVIRON and type(_ENV_DATA) is dict:
+        key = _ENV_KEYS.get(name)
+        if key is None:
+            try:
+                key = _ENV_KEYS[name] = os.environ.encodekey(name)
+            except Exception:  # noqa: BLE001 - no encodekey: the plain lookup
+                return os.environ.get(name, default)
+        raw = _ENV_DATA.get(key)
+        return default if raw is None else os.environ.decodevalue(raw)
+    return os.environ.get(name, default)
 
 
 def debug_checks_enabled() -> bool:
-    if os.environ is _ENVIRON and type(_ENV_DATA) is dict and _DEBUG_KEY is not None:
-        raw = _ENV_DATA.get(_DEBUG_KEY)
-        return raw is not None and os.environ.decodevalue(raw) not in ("", "0", "false", "False")
-    return os.environ.get("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
+    return getenv("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
 
 
 # --------------------------------------------------------------------------------------------

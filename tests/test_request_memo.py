@@ -98,3 +98,16 @@ def test_debug_flag_follows_the_environment(monkeypatch):
         else:
             monkeypatch.setenv("ANYATTN_DEBUG", value)
         assert R.debug_checks_enabled() is expect
+
+
+def test_getenv_equals_os_environ_get(monkeypatch):
+    import os
+
+    for value in (None, "", "x", "é", "a b"):
+        if value is None:
+            monkeypatch.delenv("ANYATTN_TEST_GETENV", raising=False)
+        else:
+            monkeypatch.setenv("ANYATTN_TEST_GETENV", value)
+        for default in (None, "d"):
+            assert R.getenv("ANYATTN_TEST_GETENV", default) == os.environ.get("ANYATTN_TEST_GETENV",
+                                                                              default)

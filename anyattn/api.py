@@ -15,10 +15,6 @@ from . import request as _rq
 from . import selector as _sel
 
 
-def _result(out, lse, return_lse):
-    return (out, lse) if return_lse else out
-
-
 def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0, alibi_slopes=None,
               sinks=None, return_lse=False, out=None, backend=None):
     """Attention over dense batches.
@@ -42,7 +38,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1), softcap=0.0
     o, lse = _sel.run(req, backend, lambda b: b.attention(
         q, k, v, causal=causal, scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
         sinks=sinks, return_lse=return_lse, out=out))
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o
 
 
 def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
@@ -66,7 +62,7 @@ def varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     o, lse = _sel.run(req, backend, lambda b: b.varlen(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, scale=scale,
         window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out))
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o
 
 
 def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q=None, max_seqlen_q=1,
@@ -100,7 +96,7 @@ def paged_attention(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q
         q, k_cache, v_cache, block_table, seqused_k, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q,
         max_seqlen_k=max_seqlen_k, causal=causal, scale=scale, window=window, softcap=softcap,
         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out))
-    return _result(o, lse, return_lse)
+    return (o, lse) if return_lse else o
 
 
 _OP_REQUESTS = {"attention": _rq.dense_request, "varlen": _rq.varlen_request, "paged": _rq.paged_request}

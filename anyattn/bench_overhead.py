@@ -20,6 +20,11 @@ many replays of one CUDA graph of the same call, beside the same run's device-to
 bandwidth (bytes read + written). No L2 flush between calls, for either.
 
 ``--tiny``: a few calls per row (the CPU test; on CPU the GPU rows say why they are skipped).
+
+``--profile``: also run ``anyattn.attention`` (automatic, and ``backend="triton"``) and the
+triton paged decode (batch 16 x 4k) under cProfile and print each one's top functions by
+``tottime`` in µs per call (cProfile inflates every Python frame; read the ranking, and the
+``ncalls`` per call, not the absolute numbers).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def _parser():
     p.add_argument("--bw-calls", type=int, default=200, help="calls per bandwidth measurement")
     p.add_argument("--tiny", action="store_true", help="a few calls per row (smoke test)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file ('-': stdout)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print cProfile's top functions by tottime for the anyattn calls")
+    p.add_argument("--profile-top", type=int, default=15, help="functions per profile (--profile)")
     return p
 
 
@@ -248,6 +256,75 @@ def bench_paged(rows, device):
         torch.cuda.empty_cache()
 
 
+def profile_calls(fn, device, calls, top):
+    """cProfile ``calls`` calls of ``fn`` (after a warm-up): the ``top`` functions by tottime,
+    each as dict(function, ncalls per call, tottime and cumtime in µs per call)."""
+    import cProfile
+    import pstats
+
+    for _ in range(20):
+        fn()
+    _sync(device)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    _sync(device)
+    st = pstats.Stats(prof)
+    rows = []
+    for (file, line, name), (_, nc, tt, ct, _) in st.stats.items():
+        where = name if file == "~" else f"{file.rsplit('/anyattn/', 1)[-1].rsplit('/', 1)[-1]}:{line}({name})"
+        rows.append(dict(function=where, ncalls=nc / calls, tottime_us=tt / calls * 1e6,
+                         cumtime_us=ct / calls * 1e6))
+    rows.sort(key=lambda r: -r["tottime_us"])
+    return rows[:top]
+
+
+def bench_profiles(device, calls, top):
+    """cProfile tables of the public calls (see ``--profile``): {label: rows}."""
+    import torch
+
+    import anyattn
+
+    out = {}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q = torch.randn(1, 16, 4, 64, device=device, dtype=dtype)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    chosen = anyattn.explain(q, k, v).chosen
+    todo = [(f"anyattn.attention automatic (-> {chosen}), dense (1,16,4,64)",
+             lambda: anyattn.attention(q, k, v))]
+    if device.type == "cuda":
+        todo.append(("anyattn.attention(backend='triton'), dense (1,16,4,64)",
+                     lambda: anyattn.attention(q, k, v, backend="triton")))
+        pq, kc, vc, bt, su = _paged_inputs(device, 16, 4096)
+        todo.append(("anyattn.paged_attention(backend='triton'), decode 16x4k",
+                     lambda: anyattn.paged_attention(pq, kc, vc, bt, su, max_seqlen_k=4096,
+                                                     backend="triton")))
+    for label, fn in todo:
+        try:
+            out[label] = profile_calls(fn, device, calls, top)
+        except Exception as exc:  # noqa: BLE001 - a failing piece is reported, not fatal
+            out[label] = [dict(function=f"{type(exc).__name__}: {str(exc)[:160]}", ncalls=0,
+                               tottime_us=0.0, cumtime_us=0.0)]
+    return out
+
+
+def _profile_tables(profiles):
+    from rich.table import Table
+
+    tables = []
+    for label, rows in profiles.items():
+        t = Table(title=f"cProfile, top by tottime: {label} (µs per call, profiler-inflated)")
+        for c in ("function", "calls/call", "tottime µs", "cumtime µs"):
+            t.add_column(c, justify="left" if c == "function" else "right")
+        for r in rows:
+            t.add_row(r["function"], f"{r['ncalls']:.1f}", f"{r['tottime_us']:.2f}",
+                      f"{r['cumtime_us']:.2f}")
+        tables.append(t)
+    return tables
+
+
 def _wall_gbs(fn, nbytes, n, device, repeats=3):
     fn()
     _sync(device)
@@ -348,8 +425,9 @@ def main(argv=None) -> int:
         env["triton"] = triton.__version__
     except Exception:  # noqa: BLE001
         env["triton"] = None
+    profiles = bench_profiles(dev, 20 if args.tiny else 2000, args.profile_top) if args.profile else {}
     env["seconds"] = time.perf_counter() - t0
-    doc = dict(env=env, rows=rows.rows, copy_gbs=copy, bandwidth=bw)
+    doc = dict(env=env, rows=rows.rows, copy_gbs=copy, bandwidth=bw, profile=profiles)
     if args.json:
         text = json.dumps(doc, indent=2, default=str)
         if args.json == "-":
@@ -362,7 +440,7 @@ def main(argv=None) -> int:
         console = Console(stderr=args.json == "-", width=200)
     console.print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
                   f"{calls} calls x {repeats} rounds  ({env['seconds']:.0f} s)")
-    for t in _tables(rows.rows, bw, copy):
+    for t in _profile_tables(profiles) + _tables(rows.rows, bw, copy):
         console.print(t)
     return 0
 

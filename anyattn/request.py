@@ -90,8 +90,31 @@ def device_capability(device_type: str, index: int | None) -> tuple[int, int] | 
     return tuple(torch.cuda.get_device_capability(index if index is not None else torch.cuda.current_device()))
 
 
+# os.environ.get of an unset variable costs ~1 µs (Mapping.get raises and catches KeyError);
+# paged and varlen calls read ANYATTN_DEBUG every call. getenv() looks the encoded name up in
+# os.environ's own dict, which every change made through os.environ keeps current; anything
+# unusual (os.environ replaced, a mapping without that dict) takes os.environ.get.
+_ENVIRON = os.environ
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEYS: dict = {}
+
+
+def getenv(name: str, default=None):
+    """``os.environ.get(name, default)``, without the exception an unset name costs there."""
+    if os.environ is _ENVIRON and type(_ENV_DATA) is dict:
+        key = _ENV_KEYS.get(name)
+        if key is None:
+            try:
+                key = _ENV_KEYS[name] = os.environ.encodekey(name)
+            except Exception:  # noqa: BLE001 - no encodekey: the plain lookup
+                return os.environ.get(name, default)
+        raw = _ENV_DATA.get(key)
+        return default if raw is None else os.environ.decodevalue(raw)
+    return os.environ.get(name, default)
+
+
 def debug_checks_enabled() -> bool:
-    return os.environ.get("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
+    return getenv("ANYATTN_DEBUG", "") not in ("", "0", "false", "False")
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +287,17 @@ def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sink
     """
     if grad is None:
         grad = _grad_needed(q, k, v, sinks)
-    key = _memo_key(("attention", q, k, v, alibi_slopes, sinks, out), causal, scale, window, softcap,
-                    return_lse, grad)
+    key = None
+    if _plain_options(causal, scale, window, softcap, return_lse):
+        try:  # _memo_key's layout, written out: the common dense call pays no loop or frame
+            key = ("attention", q.shape, q.dtype, q.device, type(q), k.shape, k.dtype, k.device,
+                   type(k), v.shape, v.dtype, v.device, type(v),
+                   *((None,) if alibi_slopes is None else _tensor_meta(alibi_slopes)),
+                   *((None,) if sinks is None else _tensor_meta(sinks)),
+                   *((None,) if out is None else _strided_meta(out)),
+                   causal, scale, window, softcap, return_lse, grad)
+        except AttributeError:  # not a tensor: the checks will say so
+            key = None
     hit = _MEMO.get(key) if key is not None else None
     if hit is not None:
         return hit
@@ -418,10 +450,21 @@ def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, 
     if grad is None:
         grad = _grad_needed(q, k_cache, v_cache, sinks)
     debug = debug_checks_enabled()
-    key = None if debug else _memo_key(
-        ("paged", q, k_cache, v_cache, alibi_slopes, sinks, out, block_table, seqused_k, cu_seqlens_q),
-        causal, scale, window, softcap, return_lse, grad, _int_or_none(max_seqlen_q),
-        _int_or_none(max_seqlen_k))
+    key = None
+    if not debug and _plain_options(causal, scale, window, softcap, return_lse) \
+            and type(max_seqlen_q) is int and (max_seqlen_k is None or type(max_seqlen_k) is int):
+        try:  # _memo_key's layout, written out (as in dense_request): this runs every decode step
+            key = ("paged", q.shape, q.dtype, q.device, type(q), k_cache.shape, k_cache.dtype,
+                   k_cache.device, type(k_cache), v_cache.shape, v_cache.dtype, v_cache.device,
+                   type(v_cache),
+                   *((None,) if alibi_slopes is None else _tensor_meta(alibi_slopes)),
+                   *((None,) if sinks is None else _tensor_meta(sinks)),
+                   *((None,) if out is None else _strided_meta(out)),
+                   *_strided_meta(block_table), *_strided_meta(seqused_k),
+                   *((None,) if cu_seqlens_q is None else _strided_meta(cu_seqlens_q)),
+                   max_seqlen_q, max_seqlen_k, causal, scale, window, softcap, return_lse, grad)
+        except AttributeError:  # not a tensor: the checks will say so
+            key = None
     hit = _MEMO.get(key) if key is not None else None
     if hit is not None:
         return hit
@@ -439,7 +482,8 @@ def paged_request(q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, 
 
 # --------------------------------------------------------------------------------------------
 # Memoised validation. Every check above reads metadata only (types, shapes, dtypes, devices,
-# option values), so its outcome is a function of that metadata: a call whose metadata was seen
+# option values, and the strides of out= and of the index tensors), so its outcome is a
+# function of that metadata: a call whose metadata was seen
 # before skips the checks and gets the same (request, normalised options). Only plain Python
 # option types are memoised (True == 1 must not let a bool scale through); anything unusual
 # takes the full checks, which then explain what is wrong.
@@ -454,6 +498,12 @@ def _tensor_meta(t):
     return None if t is None else (t.shape, t.dtype, t.device, type(t))
 
 
+def _strided_meta(t):
+    # for the tensors whose strides the checks read (index tensors: unit last stride; out: no
+    # overlapping axis)
+    return (t.shape, t.dtype, t.device, type(t), t.stride())
+
+
 def _int_or_none(x):
     return x if type(x) is int or x is None else _Unmemoisable
 
@@ -462,16 +512,33 @@ class _Unmemoisable:  # a marker: the key builder gives up
     pass
 
 
+def _plain_options(causal, scale, window, softcap, return_lse) -> bool:
+    """Whether the options are of the plain types that memoising relies on."""
+    return not (type(causal) is not bool or type(return_lse) is not bool
+                or type(scale) not in _PLAIN_SCALARS or type(softcap) not in _PLAIN_SCALARS
+                or softcap is None or type(window) is not tuple or len(window) != 2
+                or type(window[0]) is not int or type(window[1]) is not int)
+
+
 def _memo_key(tensors, causal, scale, window, softcap, return_lse, grad, *extra):
-    """A hashable key of everything validation looks at, or None if the call is unusual."""
-    if (type(causal) is not bool or type(return_lse) is not bool or type(scale) not in _PLAIN_SCALARS
-            or type(softcap) not in _PLAIN_SCALARS or softcap is None or type(window) is not tuple
-            or len(window) != 2 or type(window[0]) is not int or type(window[1]) is not int
-            or _Unmemoisable in extra):
+    """A hashable key of everything validation looks at, or None if the call is unusual.
+
+    Layout: op name, then per tensor either None or (shape, dtype, device, type) flattened (a
+    shape is never None, so the flat form is unambiguous), the extras, then the options.
+    """
+    if not _plain_options(causal, scale, window, softcap, return_lse) or _Unmemoisable in extra:
         return None
     try:
-        return (tuple(_tensor_meta(t) for t in tensors[1:]) + (tensors[0],) + extra
-                + (causal, scale, window, softcap, return_lse, grad))
+        # one flat tuple, built without a generator (a frame per tensor): this runs every call
+        key = [tensors[0]]
+        for t in tensors[1:]:
+            if t is None:
+                key.append(None)
+            else:
+                key += (t.shape, t.dtype, t.device, type(t), t.stride())  # strides: see _strided_meta
+        key += extra
+        key += (causal, scale, window, softcap, return_lse, grad)
+        return tuple(key)
     except AttributeError:  # not a tensor: the checks will say so
         return None
 

@@ -58,3 +58,16 @@ def test_bench_only_overhead_dispatches(monkeypatch):
     monkeypatch.setattr(bench_overhead, "main", lambda argv: seen.append(argv) or 0)
     assert bench.main(args) == 0
     assert seen == [["--device", "cuda:1", "--json", "x.json"]]
+
+
+def test_profile_mode_prints_top_functions(tmp_path, capsys):
+    path = tmp_path / "ov.json"
+    assert bench_overhead.main(["--tiny", "--device", "cpu", "--profile", "--profile-top", "5",
+                                "--json", str(path)]) == 0
+    doc = json.loads(path.read_text())
+    (label, rows), = doc["profile"].items()
+    assert label.startswith("anyattn.attention automatic")
+    assert len(rows) == 5 and rows == sorted(rows, key=lambda r: -r["tottime_us"])
+    # the op itself is among the profiled frames, once per call
+    assert any("attention" in r["function"] for r in rows)
+    assert "cProfile, top by tottime" in capsys.readouterr().out

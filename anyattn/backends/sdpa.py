@@ -85,10 +85,31 @@ class SdpaBackend(Backend):
 
     # -- ops --------------------------------------------------------------------------------
     def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
-        sq, sk = q.shape[1], k.shape[1]
-        mask_needed = window != (-1, -1) or alibi_slopes is not None or (causal and sq != sk)
-        o = self._sdpa_padded(q, k, v, None, None, mask_needed, causal, scale, window, alibi_slopes)
-        return _finish(o, out)
+        if window != (-1, -1) or alibi_slopes is not None or (causal and q.shape[1] != k.shape[1]):
+            o = self._sdpa_padded(q, k, v, None, None, True, causal, scale, window, alibi_slopes)
+            return _finish(o, out)
+        # The common case (no mask), kept lean: it runs on every call (issue 7 section 2).
+        if self.kernel is not None and self.kernel != "MATH":
+            # torch's fused kernels need a unit stride on the head dim; other strides are fine.
+            if q.stride(-1) != 1:
+                q = q.contiguous()
+            if k.stride(-1) != 1:
+                k = k.contiguous()
+            if v.stride(-1) != 1:
+                v = v.contiguous()
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        gqa = False
+        group = q.shape[2] // k.shape[2]
+        if group > 1:
+            if self._gqa_native(q.device):
+                gqa = True
+            else:
+                kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
+        o = _run_sdpa(self.kernel, qt, kt, vt, None, causal, scale, gqa).transpose(1, 2)
+        if out is not None:
+            out.copy_(o)
+            return out, None
+        return o, None
 
     def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal, scale,
                window, softcap, alibi_slopes, sinks, return_lse, out):
@@ -109,10 +130,10 @@ class SdpaBackend(Backend):
             q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         group = q.shape[2] // k.shape[2]
-        kwargs = {}
+        gqa = False
         if group > 1:
             if self._gqa_native(q.device):
-                kwargs["enable_gqa"] = True
+                gqa = True
             else:
                 kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
         mask = None
@@ -132,9 +153,7 @@ class SdpaBackend(Backend):
             causal_flag = False
         else:
             causal_flag = causal
-        with _kernel_context(self.kernel):
-            o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=causal_flag,
-                                               scale=scale, **kwargs)
+        o = _run_sdpa(self.kernel, qt, kt, vt, mask, causal_flag, scale, gqa)
         if empty_rows is not None:
             o = o.masked_fill(empty_rows, 0.0)
         return o.transpose(1, 2)
@@ -166,51 +185,101 @@ def _why_mask(req: Request) -> str:
 
 # torch's SDPA kernel flags are process-global, not per thread: without a lock, thread A's
 # pin of the flash kernel could be undone by thread B's restore mid-call (A would then run
-# B's kernel, or whatever the flags were before both).
+# B's kernel, or whatever the flags were before both). anyattn's pinned calls hold this lock
+# from pinning to restoring, so concurrent sdpa_* calls each run the kernel they pinned (they
+# are serialised for the host-side launch, not the kernel). Limit: code in another thread
+# calling F.scaled_dot_product_attention directly meanwhile sees the pinned flags, as it would
+# under torch.nn.attention.sdpa_kernel.
 _PIN_LOCK = threading.RLock()
+
+# SDPA kernel -> (torch._C getter, torch._C setter, torch.backends.cuda getter, setter). The
+# private torch._C functions are what the public ones call; they are used when present because
+# the public wrappers add a Python frame each, on every call's path.
+_FLAGS = {
+    "FLASH_ATTENTION": ("_get_flash_sdp_enabled", "_set_sdp_use_flash", "flash_sdp_enabled",
+                        "enable_flash_sdp"),
+    "EFFICIENT_ATTENTION": ("_get_mem_efficient_sdp_enabled", "_set_sdp_use_mem_efficient",
+                            "mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
+    "MATH": ("_get_math_sdp_enabled", "_set_sdp_use_math", "math_sdp_enabled", "enable_math_sdp"),
+    "CUDNN_ATTENTION": ("_get_cudnn_sdp_enabled", "_set_sdp_use_cudnn", "cudnn_sdp_enabled",
+                        "enable_cudnn_sdp"),
+}
+_PIN_PLANS: dict = {}
+
+
+def _pin_plan(kernel: str) -> tuple:
+    """((getter, setter, wanted state), ...) for pinning ``kernel``: built once per kernel."""
+    plan = _PIN_PLANS.get(kernel)
+    if plan is None:
+        cuda, C = torch.backends.cuda, torch._C
+        flags = []
+        for name, (cg, cs, pg, ps) in _FLAGS.items():
+            if hasattr(C, cg) and hasattr(C, cs):
+                flags.append((getattr(C, cg), getattr(C, cs), name == kernel))
+            elif hasattr(cuda, pg):
+                flags.append((getattr(cuda, pg), getattr(cuda, ps), name == kernel))
+        plan = _PIN_PLANS[kernel] = tuple(flags)
+    return plan
+
+
+def _sdpa(qt, kt, vt, mask, is_causal, scale, gqa):
+    if gqa:
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                              enable_gqa=True)
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=is_causal, scale=scale)
+
+
+def _run_sdpa(kernel, qt, kt, vt, mask, is_causal, scale, gqa):
+    """F.scaled_dot_product_attention with exactly one SDPA kernel enabled (``kernel``; None:
+    torch picks), the flags restored afterwards.
+
+    What ``torch.nn.attention.sdpa_kernel`` does, at a fraction of its cost: this sits on every
+    call's path, so only the flags whose state differs are flipped (pinning cuDNN with the
+    defaults flips three, not four), and flipped back even if the kernel raises.
+    """
+    if kernel is None:
+        return _sdpa(qt, kt, vt, mask, is_causal, scale, gqa)
+    flipped = []  # (setter, state before the call)
+    with _PIN_LOCK:
+        try:
+            for get, set_, on in _pin_plan(kernel):
+                was = get()
+                if was != on:
+                    set_(on)
+                    flipped.append((set_, was))
+            return _sdpa(qt, kt, vt, mask, is_causal, scale, gqa)
+        finally:
+            for set_, was in flipped:
+                set_(was)
 
 
 class _PinKernel:
-    """Enable exactly one SDPA kernel for the duration of a call, then restore the flags.
-
-    Does what ``torch.nn.attention.sdpa_kernel`` does through torch.backends.cuda's public flag
-    functions, at a third of the cost: this sits on every call's path.
-
-    Thread safety: anyattn's pinned calls hold a process-wide lock from pinning to restoring,
-    so concurrent ``sdpa_*`` calls from several threads each run the kernel they pinned (they
-    are serialised for the duration of the launch; on CUDA that is the host-side launch, not
-    the kernel). Limit: torch's flags are global, so code in *another* thread calling
-    ``F.scaled_dot_product_attention`` directly (not through anyattn) while a pinned call is in
-    flight sees the pinned flags, as it would under ``torch.nn.attention.sdpa_kernel``.
-    """
-
-    _FLAGS = {  # kernel -> (getter, setter) in torch.backends.cuda
-        "FLASH_ATTENTION": ("flash_sdp_enabled", "enable_flash_sdp"),
-        "EFFICIENT_ATTENTION": ("mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
-        "MATH": ("math_sdp_enabled", "enable_math_sdp"),
-        "CUDNN_ATTENTION": ("cudnn_sdp_enabled", "enable_cudnn_sdp"),
-    }
+    """Enable exactly one SDPA kernel for the duration of a ``with`` block, then restore the
+    flags (the context-manager form of :func:`_run_sdpa`'s pinning; same lock)."""
 
     def __init__(self, kernel: str):
-        cuda = torch.backends.cuda
-        self._flags = [(getattr(cuda, g), getattr(cuda, s_), k == kernel) for k, (g, s_) in self._FLAGS.items()
-                       if hasattr(cuda, g)]
-        self._saved: list[list[bool]] = []
+        self._plan = _pin_plan(kernel)
+        self._flipped: list[list] = []  # a stack: the same instance may be entered re-entrantly
 
     def __enter__(self):
         _PIN_LOCK.acquire()
+        flipped = []
         try:
-            saved = [get() for get, _, _ in self._flags]
-            for _, set_, on in self._flags:
-                set_(on)
+            for get, set_, on in self._plan:
+                was = get()
+                if was != on:
+                    set_(on)
+                    flipped.append((set_, was))
         except BaseException:
+            for set_, was in flipped:
+                set_(was)
             _PIN_LOCK.release()
             raise
-        self._saved.append(saved)  # a stack: the same instance may be entered re-entrantly
+        self._flipped.append(flipped)
 
     def __exit__(self, *exc):
         try:
-            for (_, set_, _), was in zip(self._flags, self._saved.pop()):
+            for set_, was in self._flipped.pop():
                 set_(was)
         finally:
             _PIN_LOCK.release()

@@ -26,8 +26,26 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# os.environ.get of an unset variable costs ~1 µs (Mapping.get raises and catches KeyError), and
+# interpret_mode() is read on every kernel call: look the encoded name up in os.environ's own
+# dict, which os.environ[...] = / del / putenv-through-os.environ keep current. Anything unusual
+# (os.environ replaced, another platform's mapping) takes os.environ.get.
+_ENVIRON = os.environ
+_ENV_DATA = getattr(os.environ, "_data", None)
+try:
+    _INTERP_KEY = os.environ.encodekey("TRITON_INTERPRET")
+except Exception:  # noqa: BLE001 - no encodekey: the plain lookup below
+    _INTERP_KEY = None
+_NOT_INTERP = ("", "0", "false", "False")
+
+
 def interpret_mode() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
+    if os.environ is _ENVIRON and type(_ENV_DATA) is dict and _INTERP_KEY is not None:
+        raw = _ENV_DATA.get(_INTERP_KEY)
+        if raw is None:
+            return False
+        return os.environ.decodevalue(raw) not in _NOT_INTERP
+    return os.environ.get("TRITON_INTERPRET", "0") not in _NOT_INTERP
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,6 +94,17 @@ def logit_constants(scale: float, softcap: float | None) -> tuple[float, float, 
 def dot_precision(dtype: torch.dtype) -> str:
     # fp32 inputs: full-precision fp32 dot ("ieee"); 16-bit inputs ignore it.
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+_CUDA_GET_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
+
+
+def current_device() -> int:
+    """``torch.cuda.current_device()`` without its lazy-init check: the kernel wrappers ask only
+    while holding a CUDA tensor, so CUDA is initialised."""
+    if _CUDA_GET_DEVICE is not None:
+        return _CUDA_GET_DEVICE()
+    return torch.cuda.current_device()
 
 
 def device_guard(t: torch.Tensor):

@@ -24,6 +24,7 @@ import triton.language as tl
 from ._common import (
     capability,
     cdiv,
+    current_device,
     dot_precision,
     interpret_mode,
     logit_constants,
@@ -31,7 +32,7 @@ from ._common import (
     num_sms,
     window_bounds,
 )
-from ._launch import LaunchCache
+from ._launch import LaunchCache, check_remembered
 
 
 @triton.jit
@@ -346,7 +347,7 @@ def paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, ls
     sequence (bottom-right aligned causal mask).
     """
     dev = q.device
-    if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+    if dev.type == "cuda" and dev.index != current_device():
         with torch.cuda.device(dev):
             return _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out,
                                             lse, cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale,
@@ -357,14 +358,84 @@ def paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, ls
                                     window, softcap, alibi_slopes, sinks, config, num_splits)
 
 
+# Per-signature memo of the paged launches (issue 7 section 2), as in triton_prefill: key ->
+# (grid, options, constant argument tail, launch-plan key, split count, split-buffer sizes, the
+# combine launch's grid, options, tail and plan key). The key holds everything the full path
+# below reads: shapes, strides, dtypes and device of every tensor, max_seqlen_q/k, the options,
+# num_splits, the interpreter flag, and that every pointer is 16-byte aligned (otherwise the call
+# is not remembered). The split buffers are allocated per call (a buffer kept across calls would
+# be shared by concurrent streams and CUDA graphs); the caching allocator aligns them to 512 B.
+_SIG: dict = {}
+_SIG_LIMIT = 1024
+_MEMO_ON = True  # tests compare the remembered launch with the full path
+_F32 = torch.float32
+
+
 def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, lse, cu_seqlens_q,
                              max_seqlen_q, max_seqlen_k, scale, causal, window, softcap,
                              alibi_slopes, sinks, config, num_splits):
     """Body of the public function (runs with q's device current)."""
+    memo = _MEMO_ON and config is None and "launch" not in _PAGED.__dict__ \
+        and "launch" not in _COMBINE.__dict__
+    if memo:
+        al = (q.data_ptr() | k_cache.data_ptr() | v_cache.data_ptr() | block_table.data_ptr()
+              | seqused_k.data_ptr() | out.data_ptr())
+        for t in (lse, alibi_slopes, sinks, cu_seqlens_q):
+            if t is not None:
+                al |= t.data_ptr()
+        if al & 15:
+            memo = False
+        else:
+            key = (q.shape, q.stride(), k_cache.shape, k_cache.stride(), v_cache.shape,
+                   v_cache.stride(), block_table.shape, block_table.stride(), seqused_k.shape,
+                   out.shape, out.stride(), q.dtype, k_cache.dtype, v_cache.dtype, out.dtype,
+                   block_table.dtype, seqused_k.dtype, q.device,
+                   None if lse is None else (lse.shape, lse.stride(), lse.dtype),
+                   None if alibi_slopes is None else (alibi_slopes.shape, alibi_slopes.stride(),
+                                                      alibi_slopes.dtype),
+                   None if sinks is None else (sinks.shape, sinks.stride(), sinks.dtype),
+                   None if cu_seqlens_q is None else (cu_seqlens_q.shape, cu_seqlens_q.dtype),
+                   max_seqlen_q, max_seqlen_k, scale, causal,
+                   window if type(window) is not list else tuple(window), softcap, num_splits,
+                   interpret_mode())
+            e = _SIG.get(key)
+            # an entry made while plans were off (tests switch them) has no plan key: redo it
+            if e is not None and ((e[3] is not None and (e[6] is None or e[6][3] is not None))
+                                  or not (_PAGED.enabled or _COMBINE.enabled)):
+                grid, options, tail, ltail, S, sizes, comb = e
+                if S > 1:
+                    dev = q.device
+                    op = torch.empty(sizes[0], device=dev, dtype=_F32)
+                    lp = torch.empty(sizes[1], device=dev, dtype=_F32)
+                else:
+                    op = lp = out
+                lse_arg = lse if lse is not None else out
+                sinks_arg = sinks if sinks is not None else out
+                index = q.device.index if q.device.type == "cuda" else -1
+                args = (q, k_cache, v_cache, block_table, seqused_k,
+                        cu_seqlens_q if cu_seqlens_q is not None else seqused_k,
+                        out, lse_arg, op, lp, alibi_slopes if alibi_slopes is not None else out,
+                        sinks_arg) + tail
+                if comb is not None:
+                    cgrid, coptions, ctail, cltail = comb
+                    cargs = (op, lp, out, lse_arg, sinks_arg) + ctail
+                if _PAGED.verify:
+                    want, cwant = _prepare_launches(
+                        q, k_cache, v_cache, block_table, seqused_k, out, lse, cu_seqlens_q,
+                        max_seqlen_q, max_seqlen_k, scale, causal, window, softcap, alibi_slopes,
+                        sinks, None, num_splits)
+                    check_remembered(_PAGED, (grid, args, options), want,
+                                     fresh=(8, 9) if S > 1 else ())
+                    if (comb is None) != (cwant is None):
+                        raise RuntimeError("remembered paged launch: combine step differs")
+                    if comb is not None:
+                        check_remembered(_COMBINE, (cgrid, cargs, coptions), cwant, fresh=(0, 1))
+                _PAGED.launch_keyed(ltail, grid, args, options, index)
+                if comb is not None:
+                    _COMBINE.launch_keyed(cltail, cgrid, cargs, coptions, index)
+                return out
     B, nbt = block_table.shape
-    T, Hq, D = q.shape
-    _, page, Hkv, _ = k_cache.shape
-    Dv = v_cache.shape[3]
+    T = q.shape[0]
     if B == 0 or T == 0:
         return out
     if nbt == 0:  # no key can exist
@@ -374,6 +445,46 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
             if sinks is not None:
                 lse.copy_(sinks.float()[:, None].expand_as(lse))
         return out
+    launches = _prepare_launches(q, k_cache, v_cache, block_table, seqused_k, out, lse,
+                                 cu_seqlens_q, max_seqlen_q, max_seqlen_k, scale, causal, window,
+                                 softcap, alibi_slopes, sinks, config, num_splits)
+    index = q.device.index if q.device.type == "cuda" else -1
+    (grid, args, options), comb = launches
+    _PAGED.launch(grid, args, options, index)
+    if comb is not None:
+        _COMBINE.launch(comb[0], comb[1], comb[2], index)
+    if memo:
+        _remember(key, launches)
+    return out
+
+
+def _remember(key, launches):
+    (grid, args, options), comb = launches
+    ltail = _PAGED.key_tail(args)
+    if ltail is None and _PAGED.enabled:
+        return
+    S = args[_PAGED.names.index("NUM_SPLITS")]
+    sizes = (tuple(args[8].shape), tuple(args[9].shape)) if S > 1 else None
+    centry = None
+    if comb is not None:
+        cltail = _COMBINE.key_tail(comb[1])
+        if cltail is None and _COMBINE.enabled:
+            return
+        centry = (comb[0], comb[2], comb[1][5:], cltail)
+    if len(_SIG) >= _SIG_LIMIT:
+        _SIG.clear()
+    _SIG[key] = (grid, options, args[12:], ltail, S, sizes, centry)
+
+
+def _prepare_launches(q, k_cache, v_cache, block_table, seqused_k, out, lse, cu_seqlens_q,
+                      max_seqlen_q, max_seqlen_k, scale, causal, window, softcap, alibi_slopes,
+                      sinks, config, num_splits):
+    """The full derivation of the launches: ((grid, args, options) of the paged kernel, the
+    combine kernel's or None), split buffers allocated."""
+    B, nbt = block_table.shape
+    T, Hq, D = q.shape
+    _, page, Hkv, _ = k_cache.shape
+    Dv = v_cache.shape[3]
     decode = cu_seqlens_q is None
     if decode:
         max_seqlen_q = 1
@@ -409,7 +520,6 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
     dummy = out
     lse_arg = lse if lse is not None else dummy
     sinks_arg = sinks if sinks is not None else dummy
-    index = dev.index if dev.type == "cuda" else -1
     BDV = max(16, next_pow2(Dv))
     so = out.stride()
     # every parameter of _paged_kernel, positionally (the order of its signature)
@@ -426,11 +536,11 @@ def _paged_attention_forward(q, k_cache, v_cache, block_table, seqused_k, out, l
         (sinks is not None) and S == 1, lse is not None, dot_precision(q.dtype),
         bool(cfg.get("PREFETCH", True)),
     )
-    _PAGED.launch((S, B * Hkv, cfg["m_blocks"]), args,
-                  (("num_warps", cfg["num_warps"]), ("num_stages", cfg["num_stages"])), index)
+    main = ((S, B * Hkv, cfg["m_blocks"]), args,
+            (("num_warps", cfg["num_warps"]), ("num_stages", cfg["num_stages"])))
     if S > 1:
         bs = max(2, next_pow2(S))
-        args = (op, lp, out, lse_arg, sinks_arg, *sop, *slp, *so, *sl,
-                Dv, S, bs, BDV, sinks is not None, lse is not None)
-        _COMBINE.launch((T, Hq, 1), args, (("num_warps", 4 if bs * BDV <= 8192 else 8),), index)
-    return out
+        cargs = (op, lp, out, lse_arg, sinks_arg, *sop, *slp, *so, *sl,
+                 Dv, S, bs, BDV, sinks is not None, lse is not None)
+        return main, ((T, Hq, 1), cargs, (("num_warps", 4 if bs * BDV <= 8192 else 8),))
+    return main, None

@@ -40,13 +40,14 @@ import triton.language as tl
 from ._common import (
     capability,
     cdiv,
+    current_device,
     dot_precision,
     interpret_mode,
     logit_constants,
     next_pow2,
     window_bounds,
 )
-from ._launch import LaunchCache
+from ._launch import LaunchCache, check_remembered
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -568,7 +569,7 @@ def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, wind
     Any strides. Inputs are assumed validated by the caller.
     """
     dev = q.device
-    if dev.type == "cuda" and dev.index != torch.cuda.current_device():
+    if dev.type == "cuda" and dev.index != current_device():
         with torch.cuda.device(dev):
             return _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap,
                                             alibi_slopes, sinks, cu_seqlens_q, cu_seqlens_k,
@@ -578,10 +579,103 @@ def flash_attention_forward(q, k, v, out, lse=None, *, scale, causal=False, wind
                                     max_seqlen_q, max_seqlen_k, config)
 
 
+# Per-signature memo of the dense launch (issue 7 section 2): key -> (grid, options, the
+# argument list's constant tail, its launch-plan key, K/V descriptor prototypes). Everything the
+# full path below derives -- config, TMA choice, strides, constants, grid, Triton's key -- is a
+# function of the key: shapes, strides, dtypes and device of every tensor, the options, the
+# interpreter flag, and that every pointer is 16-byte aligned (calls with a misaligned pointer
+# are not remembered). Per call only the tensors (and descriptors' base) are new. Varlen calls
+# are not remembered: their token counts and max_seqlen change every call.
+_SIG: dict = {}
+_SIG_LIMIT = 1024
+_MEMO_ON = True  # tests compare the remembered launch with the full path
+
+
 def _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes,
                              sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                              config):
     """Body of the public function (runs with q's device current)."""
+    memo = _MEMO_ON and cu_seqlens_q is None and config is None and "launch" not in _FWD.__dict__
+    if memo:
+        al = q.data_ptr() | k.data_ptr() | v.data_ptr() | out.data_ptr()
+        if lse is not None:
+            al |= lse.data_ptr()
+        if alibi_slopes is not None:
+            al |= alibi_slopes.data_ptr()
+        if sinks is not None:
+            al |= sinks.data_ptr()
+        if al & 15:
+            memo = False
+        else:
+            key = (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), out.shape,
+                   out.stride(), q.dtype, k.dtype, v.dtype, out.dtype, q.device,
+                   None if lse is None else (lse.shape, lse.stride(), lse.dtype),
+                   None if alibi_slopes is None else (alibi_slopes.shape, alibi_slopes.stride(),
+                                                      alibi_slopes.dtype),
+                   None if sinks is None else (sinks.shape, sinks.stride(), sinks.dtype),
+                   scale, causal, window if type(window) is not list else tuple(window), softcap,
+                   interpret_mode())
+            e = _SIG.get(key)
+            # an entry made while plans were off (tests switch them) has no plan key: redo it
+            if e is not None and (e[3] is not None or not _FWD.enabled):
+                grid, options, tail, ltail, kp, vp = e
+                if kp is not None:
+                    kd = _TD_NEW(TensorDescriptor)
+                    kd.__dict__.update(kp)
+                    kd.base = k
+                    vd = _TD_NEW(TensorDescriptor)
+                    vd.__dict__.update(vp)
+                    vd.base = v
+                else:
+                    kd, vd = k, v
+                dummy = out
+                args = (q, k, v, out, lse if lse is not None else dummy,
+                        alibi_slopes if alibi_slopes is not None else dummy,
+                        sinks if sinks is not None else dummy, q, q, kd, vd) + tail
+                if _FWD.verify:
+                    check_remembered(_FWD, (grid, args, options), _prepare_launch(
+                        q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes, sinks,
+                        None, None, None, None, None))
+                _FWD.launch_keyed(ltail, grid, args, options,
+                                  q.device.index if q.device.type == "cuda" else -1)
+                return out
+    prepared = _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes,
+                               sinks, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               config)
+    if prepared is None:
+        return out
+    grid, args, options = prepared
+    device = q.device.index if q.device.type == "cuda" else -1
+    _FWD.launch(grid, args, options, device)
+    if memo:
+        _remember(key, grid, args, options)
+    return out
+
+
+_TD_NEW = object.__new__
+
+
+def _remember(key, grid, args, options):
+    kd, vd = args[9], args[10]
+    kp = vp = None
+    if kd is not args[1]:  # host descriptors: keep their fields, not their tensors
+        if type(kd) is not TensorDescriptor or not hasattr(kd, "__dict__") \
+                or hasattr(TensorDescriptor, "__slots__") or TensorDescriptor.__new__ is not object.__new__:
+            return
+        kp, vp = dict(kd.__dict__), dict(vd.__dict__)
+        kp["base"] = vp["base"] = None
+    ltail = _FWD.key_tail(args)
+    if ltail is None and _FWD.enabled:
+        return
+    if len(_SIG) >= _SIG_LIMIT:
+        _SIG.clear()
+    _SIG[key] = (grid, options, args[11:], ltail, kp, vp)
+
+
+def _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slopes, sinks,
+                    cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, config):
+    """The full derivation of one launch: (grid, every kernel argument, options), or None when
+    there is nothing to compute."""
     varlen = cu_seqlens_q is not None
     if varlen:
         B = cu_seqlens_q.shape[0] - 1
@@ -608,7 +702,7 @@ def _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap, 
         cu_q = cu_k = q  # unused placeholders
         sk_cfg = Sk
     if B == 0 or grid_m == 0 or Hq == 0:
-        return out
+        return None
     tma = (config is None or config.get("TMA", True)) and _tma_ok(q, k, v)
     has_left, has_right, left, right = window_bounds(causal, window)
     # masked key ranges (causal / window) behave like short ones: few tiles per program
@@ -652,5 +746,4 @@ def _flash_attention_forward(q, k, v, out, lse, scale, causal, window, softcap, 
     options = (("num_warps", cfg["num_warps"]), ("num_stages", cfg["num_stages"]))
     if cfg.get("maxnreg"):
         options += (("maxnreg", cfg["maxnreg"]),)
-    _FWD.launch(grid, args, options, q.device.index if q.device.type == "cuda" else -1)
-    return out
+    return grid, args, options

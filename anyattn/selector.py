@@ -125,8 +125,24 @@ def device_family(req: Request) -> str:
     return "pre_ampere"
 
 
+# Training: anyattn's Triton backward measured 105-172 TFLOP/s on the H200 (bf16, d128, 4k-16k)
+# against cuDNN's 471-552 and FA2's (sdpa_flash) 273-314 (benchmarks/device_release.sh): with a
+# backward to run it goes after every other native kernel, and serves what they cannot (softcap,
+# sinks, ALiBi, varlen without flash-attn).
+_SLOW_BACKWARD = ("triton",)
+_TRAINING_FIRST = ("flash_attn_4", "flash_attn_3", "flash_attn", "flashinfer", "sdpa_cudnn", "sdpa_flash",
+                   "xformers")
+
+
 def auto_order(req: Request) -> list[str]:
     order = AUTO_ORDER[device_family(req)][req.op]
+    if req.grad and req.device_type == "cuda":
+        last_fast = max((order.index(n) for n in _TRAINING_FIRST if n in order), default=-1)
+        slow = [n for n in _SLOW_BACKWARD if n in order and order.index(n) < last_fast]
+        if slow:
+            rest = [n for n in order if n not in slow]
+            at = max(rest.index(n) for n in _TRAINING_FIRST if n in rest) + 1
+            order = rest[:at] + slow + rest[at:]
     # Backends without a rank here (plain `sdpa`, plugins) are still evaluated and explained.
     return order + [n for n in backends.names() if n not in order]
 

@@ -287,7 +287,13 @@ def test_vectorized_formula_matches_the_loop_formula(c):
 
 
 def _note(request, text):
-    """Print past pytest's capture: the counts are the closing note of a fuzz run."""
+    """Print past pytest's capture: the counts are the closing note of a fuzz run. With
+    ANYATTN_FUZZ_LOG=FILE the lines are also appended there (pytest-xdist workers' output is
+    not shown; the release run sums the per-run lines from that file)."""
+    log_path = os.environ.get("ANYATTN_FUZZ_LOG")
+    if log_path:
+        with open(log_path, "a") as f:
+            f.write(text.strip() + "\n")
     capman = request.config.pluginmanager.getplugin("capturemanager")
     if capman is None:
         print(text)
@@ -362,7 +368,29 @@ def test_fuzz_gpu_counts(request):
     assert total >= 10000, total
 
 
-if __name__ == "__main__":  # python -m tests.test_fuzz '<case json>'
+def summarize(path) -> str:
+    """Sum the per-run count lines that ANYATTN_FUZZ_LOG collected (pytest-xdist runs)."""
+    import re
+
+    per, total = Counter(), 0
+    for line in open(path):
+        m = re.match(r"fuzz GPU (\w+) seed (\d+): (\d+) cases; (.*)", line.strip())
+        if not m:
+            continue
+        total += int(m.group(3))
+        for part in m.group(4).split(", "):
+            backend, what, n = part.rsplit(" ", 2)
+            per[(backend, what)] += int(n)
+    lines = [f"fuzz GPU: {total} cases"]
+    lines += [f"  {b:15s} served {per[(b, 'served')]:6d}  declined {per[(b, 'declined')]:6d}"
+              for b in sorted({b for b, _ in per})]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m tests.test_fuzz '<case json>' [cpu|cuda] | --summary FILE
+    if sys.argv[1] == "--summary":
+        print(summarize(sys.argv[2]))
+        sys.exit(0)
     case = json.loads(sys.argv[1])
     dev = sys.argv[2] if len(sys.argv) > 2 else "cpu"
     print(check(case, dev))

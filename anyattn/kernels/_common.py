@@ -113,3 +113,26 @@ def device_guard(t: torch.Tensor):
             and t.device.index != torch.cuda.current_device():
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+def _torch_scratch(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
+
+
+def ensure_allocator():
+    """Install the scratch allocator that device-side tensor descriptors need, in *this* context.
+
+    Triton keeps its allocator in a ContextVar: one set in the main thread is not seen by other
+    threads, among them autograd's backward worker (seen on the H200: "no allocator was set" in
+    the backward's kernels). So the check runs on every descriptor launch (a ContextVar read).
+    """
+    import triton
+
+    try:
+        from triton.runtime import _allocation
+
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # another Triton layout: set it every time
+        pass
+    triton.set_allocator(_torch_scratch)

@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    ensure_allocator,
     LOG2E,
     capability,
     cdiv,
@@ -571,19 +572,6 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     return dict(dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))
 
 
-_ALLOCATOR_SET = False
-
-
-def _ensure_allocator():
-    # device-side tensor descriptors need a small global scratch buffer per launch (the same
-    # allocator the forward installs; process-wide)
-    global _ALLOCATOR_SET
-    if not _ALLOCATOR_SET:
-        def alloc(size, alignment, stream):
-            return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
-
-        triton.set_allocator(alloc)
-        _ALLOCATOR_SET = True
 
 
 def _tma_ok(*tensors) -> bool:
@@ -743,7 +731,7 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
     if config:
         cfg.update(config)
     if tma and not interpret_mode():
-        _ensure_allocator()
+        ensure_allocator()
     # deterministic=False: dQ from atomics in the dK/dV kernel (5 products per tile pair
     # instead of 7, one fp32 dQ buffer and a conversion pass; bits vary between runs)
     atomic = not _deterministic(config)

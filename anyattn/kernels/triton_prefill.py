@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
+    ensure_allocator,
     capability,
     cdiv,
     current_device,
@@ -437,19 +438,6 @@ def prefill_config(head_dim: int, head_dim_v: int, dtype: torch.dtype, causal: b
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=1)
 
 
-_ALLOCATOR_SET = False
-
-
-def _ensure_allocator():
-    # Device-side tensor descriptors need a small global scratch buffer per launch.
-    # Process-wide: replaces any allocator set earlier through triton.set_allocator.
-    global _ALLOCATOR_SET
-    if not _ALLOCATOR_SET:
-        def alloc(size, alignment, stream):
-            return torch.empty(size, dtype=torch.int8, device=torch.cuda.current_device())
-
-        triton.set_allocator(alloc)
-        _ALLOCATOR_SET = True
 
 
 def _tma_ok(q, k, v) -> bool:
@@ -726,7 +714,7 @@ def _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slo
                                cfg.get("HOSTDESC", True))
     hostdesc = kd is not None
     if tma and not hostdesc:
-        _ensure_allocator()
+        ensure_allocator()
     grid = (cdiv(grid_m, BM), Hq, B)
     BD = max(16, next_pow2(D))
     BDV = max(16, next_pow2(Dv))

@@ -306,7 +306,8 @@ def dense_request(q, k, v, *, causal, scale, window, softcap, alibi_slopes, sink
         sinks=sinks, return_lse=return_lse, out=out)
     req = _make_request("attention", q, d, dv, hq, hkv, causal=causal, window=window_n, softcap=softcap_n,
                         alibi_slopes=alibi_slopes, sinks=sinks, return_lse=return_lse, out=out,
-                        grad=grad, causal_offset=q.shape[1] != k.shape[1])
+                        # one query (decode with a cache) sees every key when causal: no offset
+                        grad=grad, causal_offset=1 < q.shape[1] != k.shape[1])
     return _remember(key, (req, scale_n, window_n, softcap_n))
 
 

@@ -137,11 +137,13 @@ _TRAINING_FIRST = ("flash_attn_4", "flash_attn_3", "flash_attn", "flashinfer", "
 def auto_order(req: Request) -> list[str]:
     order = AUTO_ORDER[device_family(req)][req.op]
     if req.grad and req.device_type == "cuda":
-        last_fast = max((order.index(n) for n in _TRAINING_FIRST if n in order), default=-1)
-        slow = [n for n in _SLOW_BACKWARD if n in order and order.index(n) < last_fast]
-        if slow:
-            rest = [n for n in order if n not in slow]
-            at = max(rest.index(n) for n in _TRAINING_FIRST if n in rest) + 1
+        slow = [n for n in _SLOW_BACKWARD if n in order]
+        rest = [n for n in order if n not in slow]
+        fast = [rest.index(n) for n in _TRAINING_FIRST if n in rest]
+        # after the fast native backwards, but before Flex and the gathering fallbacks (Flex's
+        # compiled backward failed under gradient checkpointing on the H200: CheckpointError)
+        at = min(max(fast, default=-1) + 1, rest.index("flex") if "flex" in rest else len(rest))
+        if slow and any(order.index(s_) < at for s_ in slow):
             order = rest[:at] + slow + rest[at:]
     # Backends without a rank here (plain `sdpa`, plugins) are still evaluated and explained.
     return order + [n for n in backends.names() if n not in order]

@@ -177,3 +177,13 @@ def test_automatic_choice_on_cpu_is_fast_path_and_correct():
     assert decision.chosen == "flex"
     sdpa = next(c for c in decision.candidates if c.name == "sdpa_flash")
     assert any("soft-capping" in r for r in sdpa.reasons)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa_math", "sdpa_flash"])
+def test_single_query_causal_sees_every_key(backend):
+    """Decode with a KV cache: one query, lower-right causal = all keys (no mask is built)."""
+    q, k, v = inputs.dense(b=2, sq=1, sk=13, hq=4, hkv=2, d=32, seed=9)
+    got = anyattn.attention(q, k, v, causal=True, backend=backend)
+    ref = naive.dense(q, k, v, causal=True)[0]
+    assert torch.allclose(got.double(), ref, atol=2e-5)
+    assert torch.allclose(got, anyattn.attention(q, k, v, backend=backend), atol=1e-6)

@@ -94,7 +94,7 @@ class FlashAttnBackend(V.VendorBackend):
         out: list[str] = []
         if v is not None and v < V.Version("2.0.0"):
             return [f"flash-attn {v} is FlashAttention-1; anyattn needs FlashAttention-2 (>= 2.1)"]
-        if req.causal_offset:
+        if req.causal:  # before 2.1 causal was top-left aligned: wrong whenever Sq != Sk (decode too)
             out += V.needs(pkg, v, "2.1.0", "lower-right aligned causal (Sq != Sk)")
         if req.window:
             out += V.needs(pkg, v, "2.3.0", "sliding-window attention")

@@ -85,6 +85,10 @@ class SdpaBackend(Backend):
 
     # -- ops --------------------------------------------------------------------------------
     def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
+        if causal and q.shape[1] == 1:
+            # One query, lower-right aligned, sees every key: causal changes nothing (decode with a
+            # KV cache), and SDPA's top-left is_causal would hide all keys but the first.
+            causal = False
         if window != (-1, -1) or alibi_slopes is not None or (causal and q.shape[1] != k.shape[1]):
             o = self._sdpa_padded(q, k, v, None, None, True, causal, scale, window, alibi_slopes)
             return _finish(o, out)

@@ -82,7 +82,7 @@ def check_fa4_dsl(f: Facts, ctx) -> List[Finding]:
                            f"The CuTe DSL's dsl_packages directory is not on sys.path ({dirs[0]})",
                            {"dsl_packages_dirs": dirs, "cutlass_pth_files": st.get("cutlass_pth_files"),
                             "sys_path_head": (st.get("sys_path") or [])[:6]},
-                           "nvidia-cutlass-dsl puts cutlass/ (with _mlir) under nvidia_cutlass_dsl/python_packages and adds "
+                           "nvidia-cutlass-dsl puts cutlass/ (with _mlir) under nvidia_cutlass_dsl/dsl_packages and adds "
                            "it to sys.path with a .pth file; `pip install --target DIR` (and PYTHONPATH-only setups) never "
                            "run .pth files, so `import cutlass` finds nothing or fails with No module named 'cutlass._mlir'.",
                            [f"export PYTHONPATH={dirs[0]}:$PYTHONPATH",

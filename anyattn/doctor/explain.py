@@ -395,7 +395,7 @@ def _enrich(mid: str, ex: Dict[str, str], ctx: Dict[str, Any], facts) -> Dict[st
         v["cute_dsl_requirement"] = ctx.get("cute_dsl_requirement", "flash-attn-4")
         st = (getattr(facts, "stack", None) or {}) if facts is not None else {}
         off = [d for d in st.get("dsl_packages_dirs") or [] if d not in (st.get("dsl_packages_on_sys_path") or [])]
-        v["dsl_packages_dir"] = off[0] if off else "<target>/nvidia_cutlass_dsl/python_packages"
+        v["dsl_packages_dir"] = off[0] if off else "<target>/nvidia_cutlass_dsl/dsl_packages"
     elif mid == "flash_attn_namespace_clash":
         v["module"] = ex.get("module") or "flash_attn.cute"
     elif mid == "rocm_cuda_wheel":

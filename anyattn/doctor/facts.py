@@ -617,6 +617,9 @@ STACK_DISTS = ("flash-attn-4", "flash-attn-cute", "nvidia-cutlass-dsl", "nvidia-
                "apache-tvm-ffi", "quack-kernels", "torch", "triton", "xformers", "flash-attn")
 
 
+DSL_PACKAGE_DIRS = ("dsl_packages", "python_packages")
+
+
 def collect_stack(f: Facts) -> None:
     from importlib import metadata
     vers: Dict[str, Any] = {}
@@ -631,13 +634,15 @@ def collect_stack(f: Facts) -> None:
         o["location"] = str(dist.locate_file(""))
         origins[name] = o
     d: Dict[str, Any] = {"versions": vers, "origins": origins, "sys_path": list(sys.path)[:60]}
-    # the CuTe DSL keeps cutlass/ (with _mlir) under .../nvidia_cutlass_dsl/python_packages, put on
-    # sys.path by a .pth file; `pip install --target` and some tools never process .pth files
+    # the CuTe DSL keeps cutlass/ (with _mlir) under .../nvidia_cutlass_dsl/dsl_packages (4.8.1, seen
+    # on the H200; python_packages in some releases), put on sys.path by a .pth file; `pip install
+    # --target` and some tools never process .pth files
     dsl_dirs, pths = [], []
     for base in [p for p in sys.path if p and os.path.isdir(p)][:60]:
-        cand = os.path.join(base, "nvidia_cutlass_dsl", "python_packages")
-        if os.path.isdir(cand) and cand not in dsl_dirs:
-            dsl_dirs.append(cand)
+        for sub in DSL_PACKAGE_DIRS:
+            cand = os.path.join(base, "nvidia_cutlass_dsl", sub)
+            if os.path.isdir(cand) and cand not in dsl_dirs:
+                dsl_dirs.append(cand)
         try:
             pths += [os.path.join(base, n) for n in os.listdir(base) if n.endswith(".pth") and "cutlass" in n.lower()]
         except OSError:
@@ -647,7 +652,7 @@ def collect_stack(f: Facts) -> None:
     d["cutlass_pth_files"] = pths[:10]
     f.stack = d
     f.how["stack"] = ("importlib.metadata versions/origins of the FA4 / CuTe DSL / FlashInfer pieces; "
-                      "<sys.path entry>/nvidia_cutlass_dsl/python_packages and *cutlass*.pth looked up on disk")
+                      "<sys.path entry>/nvidia_cutlass_dsl/{dsl,python}_packages and *cutlass*.pth looked up on disk")
 
 
 def collect_triton_meta(f: Facts) -> None:

@@ -38,7 +38,7 @@ def test_fa4_stack_seen_and_healthy(live):
     vers = st["versions"]
     print("stack versions", json.dumps(vers, indent=1), "dsl dirs", st["dsl_packages_dirs"])
     assert "nvidia-cutlass-dsl" in vers and stack.installed_flavours(vers)
-    assert st["dsl_packages_dirs"] and st["dsl_packages_on_sys_path"], "dsl_packages should be on sys.path via the .pth"
+    assert st["dsl_packages_dirs"] and st["dsl_packages_on_sys_path"], "nvidia_cutlass_dsl/dsl_packages must be found and on sys.path (via the .pth, or PYTHONPATH after pip install --target)"
     pr = live.packages["flash-attn-4"]["probe"]
     print("FA4 import probe", pr.get("ok"), pr.get("seconds"), pr.get("error"))
     assert pr["ok"], pr

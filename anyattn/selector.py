@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import backends
-from .request import Request, dtype_name
+from .request import Request, dtype_name, getenv
 
 log = logging.getLogger("anyattn")
 ENV_VAR = "ANYATTN_BACKEND"
@@ -470,7 +470,7 @@ def current_preference(explicit) -> tuple[object, str]:
     ctx = _context_pref.get()
     if ctx is not None:
         return ctx, "use_backend()"
-    env = os.environ.get(ENV_VAR)
+    env = getenv(ENV_VAR)  # os.environ.get without its KeyError cost: this runs on every call
     if env and env.strip():
         return env, ENV_VAR
     return None, "automatic"

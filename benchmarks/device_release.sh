@@ -4,7 +4,7 @@
 #   bash benchmarks/device_release.sh install      # join the split cu13 wheel, install ALL wheels at once
 #   bash benchmarks/device_release.sh tests        # every GPU test but FlashInfer's (verified launch plans)
 #   bash benchmarks/device_release.sh flashinfer   # FlashInfer's GPU tests (its kernels JIT with nvcc)
-#   bash benchmarks/device_release.sh bench        # anyattn bench (fwd, bwd, decode) + host overhead
+#   bash benchmarks/device_release.sh bench        # anyattn bench (fwd, bwd, decode), host overhead, Triton bwd modes
 #   bash benchmarks/device_release.sh models       # transformers models: anyattn beside the others
 # Wheels (see DEVELOPERS.md): flash-attn-4 4.0.0b36, nvidia-cutlass-dsl 4.8.1 + libs-base/core/cu13,
 # quack-kernels, apache-tvm-ffi, torch-c-dlpack-ext, flashinfer-python 0.7.2.post1, cuda-tile,
@@ -56,6 +56,7 @@ bench)
   timeout 330 python3 -m anyattn bench --quick --backends ${BENCH_BACKENDS:-triton,flash_attn_4,sdpa_cudnn,sdpa_flash} \
     --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
   echo "bench exit: $?"; tail -n 70 "$OUT/bench.log"; grep -A45 "host µs per call" "$OUT/overhead.txt" | head -60
+  timeout 100 python3 benchmarks/triton_backward_modes.py --quick 2>&1 | tee "$OUT/backward_modes.txt"
   ;;
 models)
   timeout 560 python3 -m anyattn.integrations.hf_bench --out "$OUT" --budget ${HF_BUDGET:-330} > "$OUT/hf_bench.log" 2>&1

@@ -248,7 +248,7 @@ def test_block_n_fits_page():
 def test_dense_tma_paths(case, pipe, monkeypatch):
     """The sm90 tensor-descriptor paths (forced on: the interpreter emulates descriptors)."""
     monkeypatch.setattr(P, "_tma_ok", lambda q, k, v: True)
-    monkeypatch.setattr(P, "_ensure_allocator", lambda: None)
+    monkeypatch.setattr(P, "ensure_allocator", lambda: None)
     B, Sq, Sk, Hq, Hkv, D, Dv, feat = case
     gen = torch.Generator().manual_seed(11)
     kw, slopes, sinks = _extras(Hq, B, feat, gen)
@@ -270,7 +270,7 @@ def test_host_descriptors_mask_next_sequence(causal, varlen, monkeypatch):
     """Host-side descriptors view K/V as (rows, heads * D): edge tiles read the next sequence's
     rows. NaN there (the last sequence) must not reach the other sequences' outputs."""
     monkeypatch.setattr(P, "_tma_ok", lambda q, k, v: True)
-    monkeypatch.setattr(P, "_ensure_allocator", lambda: None)
+    monkeypatch.setattr(P, "ensure_allocator", lambda: None)
     B, S, Hq, Hkv, D = 3, 37, 4, 2, 32
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(B, S, Hq, D, generator=gen).half()

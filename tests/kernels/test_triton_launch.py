@@ -117,7 +117,7 @@ def _prefill_calls(P, monkeypatch):
             max_seqlen_q=max(lens), max_seqlen_k=max(lens), causal=True)
     # host TMA descriptors (the real _tma_ok needs an sm90 GPU)
     monkeypatch.setattr(P, "_tma_ok", lambda q, k, v: True)
-    monkeypatch.setattr(P, "_ensure_allocator", lambda: None)
+    monkeypatch.setattr(P, "ensure_allocator", lambda: None)
     for B, S, D in ((1, 16, 64), (2, 37, 64), (4, 37, 64), (2, 40, 128), (2, 20, 80)):
         x = torch.randn(B, S, 4, D, generator=gen).half()
         run(x, x[:, :, :2], x[:, :, :2], causal=True)
@@ -479,3 +479,25 @@ def test_config_override_skips_the_cache(mods, monkeypatch):
     names = P._FWD.names
     assert a1[names.index("BLOCK_M")] == 32 and dict(o1)["num_warps"] == 8
     assert a0[names.index("BLOCK_M")] == 16 and g0 != g1
+
+
+def test_descriptor_allocator_is_installed_in_every_thread():
+    """Triton keeps its scratch allocator in a ContextVar: a thread (autograd's backward worker)
+    that never set one gets Triton's null allocator unless ensure_allocator runs there."""
+    import threading
+
+    from triton.runtime import _allocation
+
+    from anyattn.kernels._common import ensure_allocator
+
+    seen = []
+
+    def worker():
+        before = isinstance(_allocation._allocator.get(), _allocation.NullAllocator)
+        ensure_allocator()
+        seen.append((before, isinstance(_allocation._allocator.get(), _allocation.NullAllocator)))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [(True, False)]

@@ -134,7 +134,7 @@ def test_dense_memo_launches_what_the_full_path_builds(mods, rec, monkeypatch):
     # host TMA descriptors (the real _tma_ok needs an sm90 GPU): descriptors are rebuilt over
     # each call's K/V with the prototype's fields
     monkeypatch.setattr(P, "_tma_ok", lambda q, k, v: True)
-    monkeypatch.setattr(P, "_ensure_allocator", lambda: None)
+    monkeypatch.setattr(P, "ensure_allocator", lambda: None)
     for B, S, D in ((1, 16, 64), (2, 37, 64), (2, 40, 128)):
         def make():
             x = torch.randn(B, S, 4, D, generator=gen).half()

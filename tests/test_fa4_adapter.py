@@ -22,8 +22,9 @@ import anyattn
 from anyattn import backends, selector
 from anyattn.backends import _vendor
 from anyattn.backends.reference import ReferenceBackend
-from anyattn.request import Request
 from tests import inputs
+from tests.test_vendor_adapters import _opts, _paged_opts, close
+from tests.test_vendor_adapters import req as _vendor_req
 
 REF = ReferenceBackend()
 
@@ -194,34 +195,9 @@ def fa4(tmp_path, monkeypatch):
     return b, calls
 
 
-def req(op="attention", cap=(9, 0), dtype=torch.bfloat16, d=128, dv=None, gqa=1, block_size=None, **flags):
-    fields = dict(causal=False, window=False, softcap=False, alibi=False, sinks=False, lse=False, out=False,
-                  grad=False, causal_offset=False)
-    fields.update(flags)
-    if op == "paged" and block_size is None:
-        block_size = 16
-    return Request(op=op, device_type="cuda", device_index=0, capability=cap, dtype=dtype, head_dim=d,
-                   head_dim_v=dv or d, gqa_ratio=gqa, block_size=block_size if op == "paged" else None, **fields)
-
-
-def _opts(**kw):
-    base = dict(causal=False, scale=0.3, window=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None,
-                return_lse=False, out=None)
-    base.update(kw)
-    return base
-
-
-def _paged_opts(**kw):
-    base = _opts(**kw)
-    base.setdefault("cu_seqlens_q", None)
-    base.setdefault("max_seqlen_q", 1)
-    base.setdefault("max_seqlen_k", None)
-    return base
-
-
-def close(a, b, tol=1e-5):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+def req(op="attention", block_size=None, **kw):
+    """tests.test_vendor_adapters.req with FA4's paged tile as the default page (16)."""
+    return _vendor_req(op, block_size=16 if op == "paged" and block_size is None else block_size, **kw)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,9 +21,10 @@ here can also be called eagerly (the tests do, and ``torch.library.opcheck`` che
 
 Layout contract (the fake kernels promise it, the real ones keep it): ``out`` is contiguous
 ``(B, Sq, Hq, Dv)`` / ``(T, Hq, Dv)``; ``lse`` contiguous fp32 ``(B, Hq, Sq)`` / ``(Hq, T)`` when
-``return_lse`` or ``grad`` (else empty); with ``out=`` the op writes into it and returns an empty
-placeholder in its place (a custom op may not return an alias of an input). Gradients have the
-layout ``torch.empty_like`` gives their input.
+``return_lse`` or ``grad`` (else empty). ``out=`` goes to the ``*_into`` ops, which mutate it and
+return only the lse: a custom op may neither return an alias of an input nor carry autograd
+while it mutates one, so ``out=`` is for inference. Gradients have the layout
+``torch.empty_like`` gives their input.
 """
 
 from __future__ import annotations
@@ -205,10 +206,9 @@ for _op in _N_DATA:
 # --------------------------------------------------------------------------------------------
 def _register_fakes(op):
     n = _N_DATA[op]
-    value_of = {"attention": 2, "varlen": 2, "paged": 2}[op]
 
-    def fake(*args):
-        return _fake_outputs(op, args[0], args[value_of], args[n + 7], args[-2])
+    def fake(*args):  # args[2] is v (or v_cache): its last dim is Dv
+        return _fake_outputs(op, args[0], args[2], args[n + 7], args[-2])
 
     def fake_into(*args):
         q = args[0]

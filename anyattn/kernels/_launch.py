@@ -322,22 +322,7 @@ class LaunchCache:
         plan = self.plans.get(key) if key is not None else None
         if plan is not None and not self.kernel.pre_run_hooks and self._hooks_idle() \
                 and (not self.kernel.used_global_vals or self._globals_unchanged()):
-            if self.verify:
-                spec = self.triton_specialization(args, options, device)
-                if spec != plan.spec:
-                    raise RuntimeError(f"launch plan key collision in {self.kernel}: plan "
-                                       f"{plan.spec} but Triton specialises {spec}")
-            stream = self._driver.active.get_current_stream(device)
-            if plan.direct is not None:
-                fn, coop, pdl = plan.direct
-                fn(grid[0], grid[1], grid[2], stream, plan.function, coop, pdl, None, None,
-                   plan.metadata, None, None, None, *args)
-            elif plan.raw is not None:
-                plan.raw(grid[0], grid[1], grid[2], stream, plan.function, plan.metadata, args)
-            else:
-                plan.launcher(grid[0], grid[1], grid[2], stream, plan.function, plan.metadata,
-                              None, None, None, *args)
-            self.fast += 1
+            self._run_plan(plan, grid, args, options, device)
             return
         self.slow += 1
         ck = self.kernel[grid](*args, **dict(options))
@@ -360,10 +345,15 @@ class LaunchCache:
         if plan is None or self.kernel.pre_run_hooks or not self._hooks_idle() \
                 or (self.kernel.used_global_vals and not self._globals_unchanged()):
             return self.launch(grid, args, options, device)
+        if self.verify and self.key_fn(args) != tail:
+            raise RuntimeError(f"remembered launch key of {self.kernel} differs from the "
+                               f"arguments' key: {tail} vs {self.key_fn(args)}")
+        self._run_plan(plan, grid, args, options, device)
+
+    def _run_plan(self, plan, grid, args, options, device: int):
+        """Launch a plan's compiled kernel on the current stream (verify mode: after checking
+        that Triton would specialise these arguments as the plan was compiled)."""
         if self.verify:
-            if self.key_fn(args) != tail:
-                raise RuntimeError(f"remembered launch key of {self.kernel} differs from the "
-                                   f"arguments' key: {tail} vs {self.key_fn(args)}")
             spec = self.triton_specialization(args, options, device)
             if spec != plan.spec:
                 raise RuntimeError(f"launch plan key collision in {self.kernel}: plan "

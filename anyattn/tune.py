@@ -536,6 +536,7 @@ def run_tune(cases, device="cuda", reps=100, include_slow=False, only=None, prog
         table.entries.setdefault(signature(req), {})[bucket(case.seqlen_q, case.seqlen_k, case.batch)] = entry
         for n in entry.timings_ms:
             table.versions[n] = backends.get(n).version()
+        write_table(table)  # after every case: an interrupted run keeps what it measured
     write_table(table)
     forget()
     selector.clear_cache()

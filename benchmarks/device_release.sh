@@ -2,10 +2,12 @@
 # The GPU release run, in stages that each fit one device call (10 min). Run from the repository root:
 #   bash benchmarks/device_release.sh stash        # calls 1-2: keep the carried wheels in /tmp/wheels
 #   bash benchmarks/device_release.sh install      # join the split cu13 wheel, install ALL wheels at once
-#   bash benchmarks/device_release.sh tests        # every GPU test but FlashInfer's (verified launch plans)
-#   bash benchmarks/device_release.sh flashinfer   # FlashInfer's GPU tests (its kernels JIT with nvcc)
-#   bash benchmarks/device_release.sh bench        # anyattn bench (fwd, bwd, decode), host overhead, Triton bwd modes
+#   bash benchmarks/device_release.sh fuzz         # >= 10,000 fuzzed cases, every backend but FlashInfer
+#   bash benchmarks/device_release.sh tests        # every other GPU test, FlashInfer's beside them
+#   bash benchmarks/device_release.sh verify       # anyattn verify, timed
+#   bash benchmarks/device_release.sh bench        # anyattn tune, then anyattn bench (fwd, bwd, decode), host overhead
 #   bash benchmarks/device_release.sh models       # transformers models: anyattn beside the others
+# Several stages in one call run in order: `bash benchmarks/device_release.sh install fuzz`.
 # Wheels (see DEVELOPERS.md): flash-attn-4 4.0.0b36, nvidia-cutlass-dsl 4.8.1 + libs-base/core/cu13,
 # quack-kernels, apache-tvm-ffi, torch-c-dlpack-ext, flashinfer-python 0.7.2.post1, cuda-tile,
 # nvidia-cudnn-frontend. They go into /tmp/site in ONE pip call: the libs wheels share the
@@ -17,8 +19,13 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/wheels
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:.
 export ANYATTN_CACHE_DIR=/tmp/anyattn-cache FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+# JIT caches in /tmp, which a warm machine keeps between calls
+export TRITON_CACHE_DIR=/tmp/triton-cache FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-ws
 PYTEST="python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --timeout=240"
-case "${1:-}" in
+[ $# -gt 0 ] || set -- usage
+for stage in "$@"; do
+echo "=== $stage ($(date +%T))"
+case "$stage" in
 stash)
   for d in .whl1 .whl2 .whl3; do [ -d "$d" ] && cp "$d"/* /tmp/wheels/; done
   ls -la /tmp/wheels | tail -n +2
@@ -37,31 +44,69 @@ install)
   timeout 120 python3 -m anyattn doctor --bundle "$OUT/bundle.md" --save-facts "$OUT/device_facts.json" \
     > "$OUT/doctor.txt" 2>&1; echo "doctor exit: $?"; tail -25 "$OUT/doctor.txt"
   ;;
-tests)
-  # every GPU test (launch plans verified against Triton's own specialisation), the GPU fuzz
-  # among them (9 runs x ANYATTN_FUZZ_GPU_EXAMPLES cases; xdist spreads them, so the counts
-  # test that needs one process is left out and the per-run lines are summed from the log)
-  ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_LOG="$OUT/fuzz_counts.txt" \
-    timeout ${TESTS_TIMEOUT:-480} $PYTEST tests -n 12 -k "not flashinfer and not test_fuzz_gpu_counts" \
-    > "$OUT/pytest_gpu.log" 2>&1
-  echo "pytest exit: $?"; grep -v "^DEBUG" "$OUT/pytest_gpu.log" | grep -E "^(FAILED|ERROR)|passed|failed" | head -40
+fuzz)
+  # 12 runs (3 ops x 4 seeds), one per worker, each drawing until ANYATTN_FUZZ_GPU_SECONDS; a
+  # failing case is recorded and drawing goes on. FlashInfer JIT-compiles each variant with nvcc
+  # (tens of seconds), so it is fuzzed in the tests stage, after its own tests have compiled.
+  ANYATTN_FLEX_COMPILE=0 ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FUZZ_SKIP=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FUZZ_SECONDS:-300} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts.txt" \
+    timeout $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
+    > "$OUT/pytest_fuzz.log" 2>&1
+  echo "fuzz pytest exit: $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_fuzz.log" | head -20
+  grep -E -A3 "^E +AssertionError|output error|raised" "$OUT/pytest_fuzz.log" | head -40
   python3 -m tests.test_fuzz --summary "$OUT/fuzz_counts.txt" 2>&1 | tee "$OUT/fuzz_summary.txt"
   ;;
-flashinfer)
-  timeout 540 $PYTEST tests/test_gpu_vendor.py -n 8 -k flashinfer -rP > "$OUT/pytest_flashinfer.log" 2>&1
-  echo "pytest exit: $?"; grep -E "cold start|passed|failed|Error" "$OUT/pytest_flashinfer.log" | tail -30
+tests)
+  # every other GPU test (launch plans verified against Triton's own specialisation); FlashInfer's
+  # tests beside them in a second pytest (its kernels JIT with nvcc: the first prefill's and the
+  # first decode's compile times are printed), then a FlashInfer-only fuzz run
+  ( timeout ${FI_TIMEOUT:-420} $PYTEST tests/test_gpu_vendor.py tests/test_kv_layouts.py -n 4 -k flashinfer -rP \
+      > "$OUT/pytest_flashinfer.log" 2>&1; echo "flashinfer pytest exit: $?" >> "$OUT/pytest_flashinfer.log"
+    ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_BACKENDS=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FI_FUZZ_SECONDS:-60} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts_fi.txt" \
+      timeout $(( ${FI_FUZZ_SECONDS:-60} + 60 )) $PYTEST tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \
+      > "$OUT/pytest_fuzz_fi.log" 2>&1 ) &
+  ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FLEX_COMPILE=0 \
+    timeout ${TESTS_TIMEOUT:-420} $PYTEST tests -n 10 -k "not flashinfer" --ignore=tests/test_fuzz.py \
+    > "$OUT/pytest_gpu.log" 2>&1
+  echo "pytest exit: $?"; grep -v "^DEBUG" "$OUT/pytest_gpu.log" | grep -E "^(FAILED|ERROR)|passed|failed" | head -40
+  wait
+  grep -E "cold start|compile|passed|failed|exit|^(FAILED|ERROR)" "$OUT/pytest_flashinfer.log" | tail -30
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_fuzz_fi.log" | head; cat "$OUT/fuzz_counts_fi.txt" 2>/dev/null
+  ;;
+verify)
+  /usr/bin/time -f "anyattn verify: %e s wall" timeout ${VERIFY_TIMEOUT:-200} python3 -m anyattn verify --json \
+    --budget ${VERIFY_BUDGET:-150} > "$OUT/verify.json" 2> "$OUT/verify.err"
+  echo "verify exit: $?"; tail -n 3 "$OUT/verify.err"
+  python3 - "$OUT/verify.json" <<'PY'
+import collections, json, sys
+s = json.load(open(sys.argv[1]))
+print("verify", s["device"], s["machine"], s["counts"], f"wall {s['wall_s']} s")
+per = collections.defaultdict(collections.Counter)
+for r in s["results"]:
+    per[r["backend"]][r["status"]] += 1
+for b, c in sorted(per.items()):
+    print(f"  {b:15s}", dict(c))
+for r in s["results"]:
+    if r["status"] == "fail":
+        print("  FAIL", r["backend"], r["op"], r["dtype"], r["family"], r.get("error"), r.get("reason"))
+PY
   ;;
 bench)
-  timeout 120 python3 -m anyattn.bench_overhead --profile --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
-  timeout 330 python3 -m anyattn bench --quick --backends ${BENCH_BACKENDS:-triton,flash_attn_4,sdpa_cudnn,sdpa_flash} \
-    --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-  echo "bench exit: $?"; tail -n 70 "$OUT/bench.log"; grep -A45 "host µs per call" "$OUT/overhead.txt" | head -60
-  timeout 100 python3 benchmarks/triton_backward_modes.py --quick 2>&1 | tee "$OUT/backward_modes.txt"
+  # anyattn tune first (the ranking automatic selection then uses), then anyattn bench: its auto
+  # column is timed beside every backend, auto/best is the >= 0.98 goal
+  BB=${BENCH_BACKENDS:-triton,flash_attn_4,flashinfer,sdpa_cudnn,sdpa_flash,sdpa_efficient}
+  timeout ${TUNE_TIMEOUT:-200} python3 -m anyattn tune --backends "$BB" --reps ${TUNE_REPS:-40} > "$OUT/tune.txt" 2>&1
+  echo "tune exit: $?"; tail -n 12 "$OUT/tune.txt"; python3 -m anyattn tune --show > "$OUT/tune_file.txt" 2>&1
+  timeout ${BENCH_TIMEOUT:-300} python3 -m anyattn bench --quick --backends "$BB" --json "$OUT/bench.json" \
+    > "$OUT/bench.log" 2>&1
+  echo "bench exit: $?"; tail -n 80 "$OUT/bench.log"
+  timeout 90 python3 -m anyattn.bench_overhead --profile --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
+  grep -A30 "host µs per call" "$OUT/overhead.txt" | head -34
   ;;
 models)
   timeout 560 python3 -m anyattn.integrations.hf_bench --out "$OUT" --budget ${HF_BUDGET:-330} > "$OUT/hf_bench.log" 2>&1
   echo "hf_bench exit: $?"; tail -n 60 "$OUT/hf_bench.log"
   ;;
 *)
-  echo "usage: bash benchmarks/device_release.sh stash|install|tests|flashinfer|bench|models"; exit 2;;
+  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz tests verify bench models)"; exit 2;;
 esac
+done

@@ -49,7 +49,7 @@ fuzz)
   # failing case is recorded and drawing goes on. FlashInfer JIT-compiles each variant with nvcc
   # (tens of seconds), so it is fuzzed in the tests stage, after its own tests have compiled.
   ANYATTN_FLEX_COMPILE=0 ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FUZZ_SKIP=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FUZZ_SECONDS:-300} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts.txt" \
-    timeout $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
+    timeout $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST --timeout=$(( ${FUZZ_SECONDS:-300} + 120 )) tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
     > "$OUT/pytest_fuzz.log" 2>&1
   echo "fuzz pytest exit: $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_fuzz.log" | head -20
   grep -E -A3 "^E +AssertionError|output error|raised" "$OUT/pytest_fuzz.log" | head -40
@@ -62,7 +62,7 @@ tests)
   ( timeout ${FI_TIMEOUT:-420} $PYTEST tests/test_gpu_vendor.py tests/test_kv_layouts.py -n 4 -k flashinfer -rP \
       > "$OUT/pytest_flashinfer.log" 2>&1; echo "flashinfer pytest exit: $?" >> "$OUT/pytest_flashinfer.log"
     ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_BACKENDS=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FI_FUZZ_SECONDS:-60} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts_fi.txt" \
-      timeout $(( ${FI_FUZZ_SECONDS:-60} + 60 )) $PYTEST tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \
+      timeout $(( ${FI_FUZZ_SECONDS:-60} + 60 )) $PYTEST --timeout=$(( ${FI_FUZZ_SECONDS:-60} + 60 )) tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \
       > "$OUT/pytest_fuzz_fi.log" 2>&1 ) &
   ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FLEX_COMPILE=0 \
     timeout ${TESTS_TIMEOUT:-420} $PYTEST tests -n 10 -k "not flashinfer" --ignore=tests/test_fuzz.py \

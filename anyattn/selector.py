@@ -37,7 +37,14 @@ ENV_VAR = "ANYATTN_BACKEND"
 #     bwd d128 16k full/causal   621/683      545/538      -         309/316
 #   FlashAttention-4 wins every long forward and both backwards by 3-27 %; cuDNN wins the 1k
 #   forwards by 1-3 %, which `anyattn tune` catches per bucket (the static list is one order per
-#   op). FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
+#   op). Re-measured in the release run of 2026-12-01 (`bash benchmarks/device_release.sh bench`:
+#   `anyattn tune`, then `anyattn bench --quick`; docs/PERF.md section S): the same order in every
+#   row. Forward, b*s = 16k: cuDNN first at seqlen 512-1k (FA4 0.70-0.98x of it), FA4 from 2-4k
+#   on (cuDNN 0.81-0.93x, triton 0.62-0.82x); forward+backward: FA4 at every length (cuDNN
+#   0.82-0.92x, FA2 0.46-0.64x, triton 0.31-0.61x); varlen: FA4, triton 0.74-0.92x (triton first
+#   at 16 x 1k, d=64); paged decode: triton at page 16 everywhere (FA4 0.11-0.99x), page 128
+#   split (FA4 ahead by 2-4 % at batch >= 16, triton 3-9x ahead at batch 1). With the tune file,
+#   automatic selection was >= 0.98x the best backend on all 26 `anyattn bench --quick` rows. FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
 #   FlashAttention-3 (~650 TFLOP/s published) has no wheel for torch 2.11 + CUDA 13, so it
 #   could not be measured here; it follows FA4 (the same algorithm, FA4's CuTe port is at par).
 #   Varlen: FA4 runs its dense kernel with a varlen scheduler (not measured separately yet).
@@ -611,8 +618,10 @@ def run_preference(req: Request, raw, source, call):
 
 
 def _recover(key, req, raw, source, call, failed, first_exc):
-    from .backends.base import one_line
+    from .backends.base import CallDeclined, one_line
 
+    if isinstance(first_exc, CallDeclined):
+        return _serve_declined(key, req, raw, source, call, failed, first_exc)
     if _strict_key(key):  # a single name is strict: its failure is the caller's to see
         raise first_exc
     tried = []
@@ -640,6 +649,36 @@ def _recover(key, req, raw, source, call, failed, first_exc):
             log.warning("anyattn: %s failed at run time for %s; %s serves this signature instead "
                         "(anyattn.explain() shows why)", ", ".join(tried), req.describe(), backend.name)
         return result
+
+
+def _serve_declined(key, req, raw, source, call, declined, exc):
+    """A backend refused this one call for its sizes (``CallDeclined``): the next usable backend
+    in the same decision serves it, and nothing is recorded, since the next call of the signature
+    may well suit the first backend again. A strict name raises ``NoBackendError`` with the reason."""
+    from .backends.base import CallDeclined
+
+    pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
+                                     else parse_preference(raw))
+    decision = decide(req, pref, source, prepare=True)
+    names = [c.name for c in decision.candidates if c.status in ("chosen", "usable")]
+    refused = {declined.name: str(exc)}
+    for name in ([] if decision.strict else names):
+        if name in refused:
+            continue
+        backend = backends.get(name)
+        try:
+            return call(backend)
+        except CallDeclined as nxt:
+            refused[name] = str(nxt)
+        except Exception as nxt:  # noqa: BLE001 - a real failure of the next one: usual recovery
+            if _not_recoverable(nxt):
+                raise
+            return _recover(key, req, raw, source, call, backend, nxt)
+    for c in decision.candidates:
+        if c.name in refused:
+            c.status, c.reasons = "rejected", [f"declined this call at run time: {refused[c.name]}"]
+    decision.chosen = None
+    raise NoBackendError(decision) from exc
 
 
 def _strict_key(key) -> bool:

@@ -3,7 +3,8 @@
 #   bash benchmarks/device_release.sh stash        # calls 1-2: keep the carried wheels in /tmp/wheels
 #   bash benchmarks/device_release.sh install      # join the split cu13 wheel, install ALL wheels at once
 #   bash benchmarks/device_release.sh fuzz         # >= 10,000 fuzzed cases, every backend but FlashInfer
-#   bash benchmarks/device_release.sh tests        # every other GPU test, FlashInfer's beside them
+#   bash benchmarks/device_release.sh tests        # every other GPU test but FlashInfer's
+#   bash benchmarks/device_release.sh flashinfer   # FlashInfer's GPU tests (nvcc JIT: minutes), then its fuzz
 #   bash benchmarks/device_release.sh verify       # anyattn verify, timed
 #   bash benchmarks/device_release.sh bench        # anyattn tune, then anyattn bench (fwd, bwd, decode), host overhead
 #   bash benchmarks/device_release.sh models       # transformers models: anyattn beside the others
@@ -21,7 +22,10 @@ export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:.
 export ANYATTN_CACHE_DIR=/tmp/anyattn-cache FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
 # JIT caches in /tmp, which a warm machine keeps between calls
 export TRITON_CACHE_DIR=/tmp/triton-cache FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-ws
-PYTEST="python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --timeout=240"
+# -v: each result is in the log as it happens; `timeout -s INT` lets pytest print its summary
+# when a stage runs out of time (a plain kill loses every failure's name)
+PYTEST="python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark -rfE --timeout=240"
+STOP="timeout -s INT -k 20"
 [ $# -gt 0 ] || set -- usage
 for stage in "$@"; do
 echo "=== $stage ($(date +%T))"
@@ -49,32 +53,38 @@ fuzz)
   # failing case is recorded and drawing goes on. FlashInfer JIT-compiles each variant with nvcc
   # (tens of seconds), so it is fuzzed in the tests stage, after its own tests have compiled.
   ANYATTN_FLEX_COMPILE=0 ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FUZZ_SKIP=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FUZZ_SECONDS:-300} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts.txt" \
-    timeout $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST --timeout=$(( ${FUZZ_SECONDS:-300} + 120 )) tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
+    $STOP $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST --timeout=$(( ${FUZZ_SECONDS:-300} + 120 )) tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
     > "$OUT/pytest_fuzz.log" 2>&1
-  echo "fuzz pytest exit: $?"; grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_fuzz.log" | head -20
+  echo "fuzz pytest exit: $?"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_fuzz.log" | head -20
   grep -E -A3 "^E +AssertionError|output error|raised" "$OUT/pytest_fuzz.log" | head -40
   python3 -m tests.test_fuzz --summary "$OUT/fuzz_counts.txt" 2>&1 | tee "$OUT/fuzz_summary.txt"
   ;;
 tests)
-  # every other GPU test (launch plans verified against Triton's own specialisation); FlashInfer's
-  # tests beside them in a second pytest (its kernels JIT with nvcc: the first prefill's and the
-  # first decode's compile times are printed), then a FlashInfer-only fuzz run
-  ( timeout ${FI_TIMEOUT:-420} $PYTEST tests/test_gpu_vendor.py tests/test_kv_layouts.py -n 4 -k flashinfer -rP \
-      > "$OUT/pytest_flashinfer.log" 2>&1; echo "flashinfer pytest exit: $?" >> "$OUT/pytest_flashinfer.log"
-    ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_BACKENDS=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FI_FUZZ_SECONDS:-60} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts_fi.txt" \
-      timeout $(( ${FI_FUZZ_SECONDS:-60} + 60 )) $PYTEST --timeout=$(( ${FI_FUZZ_SECONDS:-60} + 60 )) tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \
-      > "$OUT/pytest_fuzz_fi.log" 2>&1 ) &
+  # every other GPU test (launch plans verified against Triton's own specialisation)
   ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FLEX_COMPILE=0 \
-    timeout ${TESTS_TIMEOUT:-420} $PYTEST tests -n 10 -k "not flashinfer" --ignore=tests/test_fuzz.py \
+    $STOP ${TESTS_TIMEOUT:-420} $PYTEST tests -n 12 -k "not flashinfer" --ignore=tests/test_fuzz.py \
     > "$OUT/pytest_gpu.log" 2>&1
-  echo "pytest exit: $?"; grep -v "^DEBUG" "$OUT/pytest_gpu.log" | grep -E "^(FAILED|ERROR)|passed|failed" | head -40
-  wait
-  grep -E "cold start|compile|passed|failed|exit|^(FAILED|ERROR)" "$OUT/pytest_flashinfer.log" | tail -30
-  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_fuzz_fi.log" | head; cat "$OUT/fuzz_counts_fi.txt" 2>/dev/null
+  echo "pytest exit: $?"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_gpu.log" | head -40
+  ;;
+flashinfer)
+  # FlashInfer JIT-compiles each kernel variant with nvcc on first use (minutes each on the H200,
+  # more when other compiles share the CPUs): run alone; its first prefill's and first decode's
+  # compile times are printed by the cold-start test
+  $STOP ${FI_TIMEOUT:-420} $PYTEST --timeout=400 tests/test_gpu_vendor.py tests/test_kv_layouts.py tests/test_fuzz_regressions.py \
+    -n 8 -k flashinfer -rP > "$OUT/pytest_flashinfer.log" 2>&1
+  echo "flashinfer pytest exit: $?"
+  grep -E "cold start|compile|^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer.log" | tail -30
+  ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_BACKENDS=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FI_FUZZ_SECONDS:-60} \
+    ANYATTN_FUZZ_LOG="$OUT/fuzz_counts_fi.txt" $STOP $(( ${FI_FUZZ_SECONDS:-60} + 60 )) \
+    $PYTEST --timeout=$(( ${FI_FUZZ_SECONDS:-60} + 60 )) tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \
+    > "$OUT/pytest_fuzz_fi.log" 2>&1
+  grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_fuzz_fi.log" | head; cat "$OUT/fuzz_counts_fi.txt" 2>/dev/null
   ;;
 verify)
-  /usr/bin/time -f "anyattn verify: %e s wall" timeout ${VERIFY_TIMEOUT:-200} python3 -m anyattn verify --json \
-    --budget ${VERIFY_BUDGET:-150} > "$OUT/verify.json" 2> "$OUT/verify.err"
+  # FlashInfer is left out unless named (VERIFY_BACKENDS): a cell waits for its nvcc JIT
+  VB=${VERIFY_BACKENDS:-flash_attn_4,flash_attn_3,flash_attn,xformers,triton,sdpa,sdpa_cudnn,sdpa_flash,sdpa_efficient,sdpa_math,flex,reference}
+  ANYATTN_FLEX_COMPILE=0 /usr/bin/time -f "anyattn verify: %e s wall" timeout ${VERIFY_TIMEOUT:-200} \
+    python3 -m anyattn verify --backend "$VB" --json --budget ${VERIFY_BUDGET:-150} > "$OUT/verify.json" 2> "$OUT/verify.err"
   echo "verify exit: $?"; tail -n 3 "$OUT/verify.err"
   python3 - "$OUT/verify.json" <<'PY'
 import collections, json, sys
@@ -93,7 +103,8 @@ PY
 bench)
   # anyattn tune first (the ranking automatic selection then uses), then anyattn bench: its auto
   # column is timed beside every backend, auto/best is the >= 0.98 goal
-  BB=${BENCH_BACKENDS:-triton,flash_attn_4,flashinfer,sdpa_cudnn,sdpa_flash,sdpa_efficient}
+  # FlashInfer only when named (BENCH_BACKENDS=...,flashinfer) after its stage compiled its kernels
+  BB=${BENCH_BACKENDS:-triton,flash_attn_4,sdpa_cudnn,sdpa_flash,sdpa_efficient}
   timeout ${TUNE_TIMEOUT:-200} python3 -m anyattn tune --backends "$BB" --reps ${TUNE_REPS:-40} > "$OUT/tune.txt" 2>&1
   echo "tune exit: $?"; tail -n 12 "$OUT/tune.txt"; python3 -m anyattn tune --show > "$OUT/tune_file.txt" 2>&1
   timeout ${BENCH_TIMEOUT:-300} python3 -m anyattn bench --quick --backends "$BB" --json "$OUT/bench.json" \
@@ -107,6 +118,6 @@ models)
   echo "hf_bench exit: $?"; tail -n 60 "$OUT/hf_bench.log"
   ;;
 *)
-  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz tests verify bench models)"; exit 2;;
+  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz tests flashinfer verify bench models)"; exit 2;;
 esac
 done

@@ -206,6 +206,8 @@ def check(c, device="cpu", counts: Counter | None = None) -> str:
     fn, args, kw, ref = build(c, device)
     try:
         res = fn(*args, **kw)
+        if device != "cpu":  # a kernel's asynchronous fault belongs to this case, not the next one's
+            torch.cuda.synchronize()
     except anyattn.NoBackendError as exc:
         assert c["backend"] != "auto", f"automatic selection found no backend: {exc}\n{reproducer(c, device)}"
         cand = next(x for x in exc.decision.candidates if x.name == c["backend"])
@@ -356,6 +358,7 @@ def test_fuzz_gpu(op, which, request):
     failures: list[str] = []
     deadline = time.monotonic() + GPU_SECONDS if GPU_SECONDS > 0 else math.inf
     poisoned: list[str] = []
+    previous: list[dict] = []
     with_auto = [] if os.environ.get("ANYATTN_FUZZ_BACKENDS") else ["auto"]
 
     @seed(s)
@@ -372,6 +375,12 @@ def test_fuzz_gpu(op, which, request):
             failures.append(str(exc))
             if any(t in str(exc) for t in _STICKY_CUDA):
                 poisoned.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - outside the backend call (building the case)
+            mine[(c["backend"], "FAILED")] += 1
+            failures.append(f"{type(exc).__name__} while building the case after {json.dumps(previous[-1:])}: "
+                            f"{exc}\ncase: {json.dumps(c)}")
+            poisoned.append(str(exc))
+        previous[:] = [c]
 
     t0 = time.monotonic()
     try:

@@ -113,6 +113,46 @@ def test_automatic_mode_recovers_once_per_signature(flaky, caplog, make_exc):
     assert bad.calls == 2
 
 
+def test_a_call_declined_for_its_sizes_is_served_by_the_next_and_nothing_is_learnt(flaky, caplog):
+    """CallDeclined (a kernel refusing one call's sizes, e.g. cuDNN at one query and one key) is
+    not a fault of the signature: the next backend serves that call, the next call tries the
+    first backend again, and no WARNING is logged."""
+    from anyattn.backends.base import CallDeclined
+
+    bad = flaky(exc=CallDeclined("torch's CUDNN_ATTENTION kernel refuses this call's sizes"))
+    q, k, v = _qkv()
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        out = anyattn.attention(q, k, v, causal=True)
+        anyattn.attention(q, k, v, causal=True)
+    assert torch.allclose(out.double(), naive.dense(q, k, v, causal=True)[0], atol=2e-5)
+    assert bad.calls == 2, "a per-call refusal must not retire the backend for the signature"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert anyattn.explain(q, k, v, causal=True).chosen == "flaky"
+
+
+def test_a_strict_name_that_declines_a_call_raises_no_backend_error_with_the_reason(flaky):
+    from anyattn.backends.base import CallDeclined
+
+    flaky(exc=CallDeclined("refuses this call's sizes (q (1, 2, 1, 16))"))
+    q, k, v = _qkv()
+    with pytest.raises(anyattn.NoBackendError, match="declined this call at run time: refuses this call") as info:
+        anyattn.attention(q, k, v, backend="flaky")
+    cand = next(c for c in info.value.decision.candidates if c.name == "flaky")
+    assert cand.status == "rejected" and cand.reasons[0].startswith("declined this call at run time")
+
+
+def test_when_every_listed_backend_declines_the_call_no_backend_error_lists_each(flaky):
+    from anyattn.backends.base import CallDeclined
+
+    flaky(exc=CallDeclined("first refuses"), first=False)
+    flaky(exc=CallDeclined("second refuses"), name="flaky2", first=False)
+    q, k, v = _qkv()
+    with pytest.raises(anyattn.NoBackendError) as info:
+        anyattn.attention(q, k, v, backend="flaky,flaky2")
+    text = str(info.value)
+    assert "first refuses" in text and "second refuses" in text
+
+
 def test_strict_name_reraises_and_records_nothing(flaky):
     bad = flaky(exc=NotImplementedError("nope"))
     q, k, v = _qkv()

@@ -119,6 +119,13 @@ class Availability:
         return self.installed and self.error is None
 
 
+class CallDeclined(NotImplementedError):
+    """A backend's kernel refused one call for its sizes, which only running it could tell (torch's
+    cuDNN kernel at one query and one key, for instance). Unlike a run-time failure, it says
+    nothing about the request's signature: the selector serves that call with the next usable
+    backend and records nothing; a strict name gets a ``NoBackendError`` giving this reason."""
+
+
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""

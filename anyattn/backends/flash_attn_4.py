@@ -57,6 +57,9 @@ from ..request import Request
 from . import _vendor as V
 from .base import Availability, HeadDims, caps
 
+#: sm90 head dims whose paged path anyattn's H200 fuzz checked: 32, 64 and 128 passed, 80 was
+#: wrong; the others (96, 256...) are unchecked and go to other backends until a GPU run checks them
+PAGED_HEAD_DIMS_SM90 = frozenset({32, 64, 128})
 MEASURED_IMPORT_S = 7.9  # `import flash_attn.cute` on the H200 (issue 8)
 MEASURED_JIT_S = (1.6, 3.8)  # first call of one variant on the H200
 _SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -114,6 +117,10 @@ def dependency_problems() -> list[str]:
 def _window(window: tuple[int, int]) -> tuple[int | None, int | None]:
     """anyattn's -1 (unbounded) -> FA4's None; FA4 would read -1 as a bound one key short."""
     return tuple(None if w < 0 else w for w in window)  # type: ignore[return-value]
+
+
+def _unbroadcast(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous() if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)) else t
 
 
 def _kernel_writable(out: torch.Tensor) -> bool:
@@ -227,6 +234,10 @@ class FlashAttn4Backend(V.VendorBackend):
         if req.op == "paged":
             if major in (8, 12):
                 out.append(f"no paged KV on sm{major}x (FlashAttention-4's interface asserts page_table is None)")
+            if major == 9 and not (d in PAGED_HEAD_DIMS_SM90 and dv in PAGED_HEAD_DIMS_SM90):
+                out.append(f"paged KV at head dims ({d}, {dv}) returned wrong values on the H200 (anyattn's GPU "
+                           "fuzz, flash-attn-4 4.0.0b36, head dim 80 with pages of 1 and 4: errors of 0.3-2.6); "
+                           f"anyattn uses its sm90 paged kernel only for head dims {sorted(PAGED_HEAD_DIMS_SM90)}")
             if req.grad:
                 out.append("no backward through a paged KV cache (FlashAttention-4's varlen backward ignores "
                            "page_table)")
@@ -332,6 +343,9 @@ class FlashAttn4Backend(V.VendorBackend):
               causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):
         kw = self._common(scale, causal, window, softcap, sinks, return_lse)
         kw.update(page_table=block_table, seqused_k=seqused_k, max_seqlen_k=max_seqlen_k)
+        # A broadcast (stride-0) cache or query fails its compiler ("failed to legalize unresolved
+        # materialization", seen on the H200): give it real strides.
+        q, k_cache, v_cache = _unbroadcast(q), _unbroadcast(k_cache), _unbroadcast(v_cache)
         decode = cu_seqlens_q is None
         if decode:
             # One token per sequence: FA4's dense-q form (batch, 1, H, D) with the page table.

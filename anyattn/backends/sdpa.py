@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..request import Request
 from . import _padded
-from .base import Backend, HeadDims, caps
+from .base import Backend, CallDeclined, HeadDims, caps
 
 _HALF = {torch.float16, torch.bfloat16}
 _BASE_FEATURES = {"causal", "window", "alibi", "gqa", "out", "grad", "cuda_graph"}
@@ -89,18 +89,14 @@ class SdpaBackend(Backend):
             # One query, lower-right aligned, sees every key: causal changes nothing (decode with a
             # KV cache), and SDPA's top-left is_causal would hide all keys but the first.
             causal = False
+        if not q.shape[1] or not k.shape[1]:
+            return _finish(_empty_result(q, v), out)
         if window != (-1, -1) or alibi_slopes is not None or (causal and q.shape[1] != k.shape[1]):
             o = self._sdpa_padded(q, k, v, None, None, True, causal, scale, window, alibi_slopes)
             return _finish(o, out)
         # The common case (no mask), kept lean: it runs on every call (issue 7 section 2).
-        if self.kernel is not None and self.kernel != "MATH":
-            # torch's fused kernels need a unit stride on the head dim; other strides are fine.
-            if q.stride(-1) != 1:
-                q = q.contiguous()
-            if k.stride(-1) != 1:
-                k = k.contiguous()
-            if v.stride(-1) != 1:
-                v = v.contiguous()
+        if self.kernel != "MATH":
+            q, k, v = _fused_ready(q), _fused_ready(k), _fused_ready(v)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = False
         group = q.shape[2] // k.shape[2]
@@ -129,9 +125,10 @@ class SdpaBackend(Backend):
         return _finish(_padded.to_packed(p, o, None)[0], out)
 
     def _sdpa_padded(self, q, k, v, q_lens, k_lens, mask_needed, causal, scale, window, alibi_slopes):
-        if self.kernel not in (None, "MATH"):
-            # torch's fused kernels need a unit stride on the head dim; other strides are fine.
-            q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        if not q.shape[1] or not k.shape[1]:
+            return _empty_result(q, v)
+        if self.kernel != "MATH":
+            q, k, v = _fused_ready(q), _fused_ready(k), _fused_ready(v)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         group = q.shape[2] // k.shape[2]
         gqa = False
@@ -150,8 +147,12 @@ class SdpaBackend(Backend):
             # A fully masked row would give NaN; let it see key 0 and zero it afterwards.
             keep = keep | (empty_rows & (torch.arange(sk, device=q.device) == 0))
             if alibi_slopes is not None:
-                bias = _padded.alibi_bias(rel, alibi_slopes)
-                mask = bias.masked_fill(~keep, float("-inf")).to(q.dtype)
+                bias = _padded.alibi_bias(rel, alibi_slopes).masked_fill(~keep, float("-inf"))
+                # Softmax ignores a per-row constant: shifting each row's largest visible bias to
+                # 0 before rounding to q's dtype keeps the logits that matter exact. Rounded as
+                # is, a bias of -30 in bf16 is off by up to 0.06 (the H200 fuzz found errors of
+                # 0.09 at 60 queries over 3 keys); shifted, only far, negligible keys round.
+                mask = (bias - bias.amax(-1, keepdim=True)).to(q.dtype)
             else:
                 mask = keep
             causal_flag = False
@@ -161,6 +162,26 @@ class SdpaBackend(Backend):
         if empty_rows is not None:
             o = o.masked_fill(empty_rows, 0.0)
         return o.transpose(1, 2)
+
+
+def _empty_result(q, v):
+    """No query or no key: the output is empty or all zeros (a row that sees no key is 0, as in
+    every anyattn backend); torch's fused kernels refuse zero-length sequences ("Invalid backend")."""
+    b, sq, h = q.shape[0], q.shape[1], q.shape[2]
+    return q.new_zeros(b, sq, h, v.shape[-1])
+
+
+def _fused_ready(t):
+    """``t`` as torch's fused kernels take it: unit stride on the head dim, and a 16-byte aligned
+    base and strides. Misaligned views (a head dim padded to an odd width, an offset slice) make
+    the efficient kernel raise "no kernel found to launch" and, on the H200, made torch's own pick
+    return wrong values (the GPU fuzz: errors of 4-5 at bf16, head dim 32); a copy costs less."""
+    if t.stride(-1) != 1:
+        return t.contiguous()
+    step = 16 // t.element_size()
+    if t.data_ptr() % 16 or any(st % step for st, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1):
+        return t.clone(memory_format=torch.contiguous_format)  # contiguous() would keep a bad base
+    return t
 
 
 def _finish(o, out):
@@ -252,9 +273,20 @@ def _run_sdpa(kernel, qt, kt, vt, mask, is_causal, scale, gqa):
                     set_(on)
                     flipped.append((set_, was))
             return _sdpa(qt, kt, vt, mask, is_causal, scale, gqa)
+        except RuntimeError as exc:
+            if _REFUSED.search(str(exc)):
+                # The pinned kernel refuses these particular sizes (cuDNN at one query and one
+                # key, say): not a fault of the signature, so the call is declined, not failed.
+                raise CallDeclined(f"torch's {kernel} kernel refuses this call's sizes "
+                                   f"(q {tuple(qt.shape)}, k {tuple(kt.shape)}): {str(exc).splitlines()[0]}") from exc
+            raise
         finally:
             for set_, was in flipped:
                 set_(was)
+
+
+#: torch's messages for "the pinned kernel cannot take these inputs"
+_REFUSED = re.compile(r"No available kernel|Invalid backend|no kernel found to launch")
 
 
 class _PinKernel:

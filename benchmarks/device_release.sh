@@ -49,11 +49,11 @@ install)
     > "$OUT/doctor.txt" 2>&1; echo "doctor exit: $?"; tail -25 "$OUT/doctor.txt"
   ;;
 fuzz)
-  # 12 runs (3 ops x 4 seeds), one per worker, each drawing until ANYATTN_FUZZ_GPU_SECONDS; a
+  # 15 runs (3 ops x 5 seeds), one per worker, each drawing until ANYATTN_FUZZ_GPU_SECONDS; a
   # failing case is recorded and drawing goes on. FlashInfer JIT-compiles each variant with nvcc
   # (tens of seconds), so it is fuzzed in the tests stage, after its own tests have compiled.
   ANYATTN_FLEX_COMPILE=0 ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FUZZ_SKIP=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FUZZ_SECONDS:-300} ANYATTN_FUZZ_LOG="$OUT/fuzz_counts.txt" \
-    $STOP $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST --timeout=$(( ${FUZZ_SECONDS:-300} + 120 )) tests/test_fuzz.py -n 12 -k "test_fuzz_gpu and not counts" \
+    $STOP $(( ${FUZZ_SECONDS:-300} + 150 )) $PYTEST --timeout=$(( ${FUZZ_SECONDS:-300} + 120 )) tests/test_fuzz.py -n 15 -k "test_fuzz_gpu and not counts" \
     > "$OUT/pytest_fuzz.log" 2>&1
   echo "fuzz pytest exit: $?"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_fuzz.log" | head -20
   grep -E -A3 "^E +AssertionError|output error|raised" "$OUT/pytest_fuzz.log" | head -40

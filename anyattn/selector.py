@@ -44,7 +44,8 @@ ENV_VAR = "ANYATTN_BACKEND"
 #   0.82-0.92x, FA2 0.46-0.64x, triton 0.31-0.61x); varlen: FA4, triton 0.74-0.92x (triton first
 #   at 16 x 1k, d=64); paged decode: triton at page 16 everywhere (FA4 0.11-0.99x), page 128
 #   split (FA4 ahead by 2-4 % at batch >= 16, triton 3-9x ahead at batch 1). With the tune file,
-#   automatic selection was >= 0.98x the best backend on all 26 `anyattn bench --quick` rows. FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
+#   automatic selection was >= 0.98x the best backend on all 26 `anyattn bench --quick` rows.
+#   FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
 #   FlashAttention-3 (~650 TFLOP/s published) has no wheel for torch 2.11 + CUDA 13, so it
 #   could not be measured here; it follows FA4 (the same algorithm, FA4's CuTe port is at par).
 #   Varlen: FA4 runs its dense kernel with a varlen scheduler (not measured separately yet).

@@ -105,7 +105,7 @@ def signature(req) -> str:
     return f"{req.op}|{dtype_name(req.dtype)}|d{req.head_dim}/{req.head_dim_v}|gqa{req.gqa_ratio}|{flags}{bs}"
 
 
-def _driver_version() -> str | None:
+def driver_version() -> str | None:
     """The NVIDIA driver version from /proc (cheap, no subprocess); the CUDA driver API version else."""
     try:
         with open("/proc/driver/nvidia/version") as f:
@@ -130,7 +130,7 @@ def machine_key(device_type: str, device_index: int | None) -> dict:
         idx = device_index if device_index is not None else torch.cuda.current_device()
         name = torch.cuda.get_device_name(idx)
         cap = list(torch.cuda.get_device_capability(idx))
-        driver = _driver_version()
+        driver = driver_version()
     else:
         # platform.machine() reads os.uname(); platform.processor() would run `uname -p` in a subprocess
         name, cap, driver = f"{device_type}:{platform.machine()}", None, None

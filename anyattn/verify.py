@@ -67,10 +67,11 @@ def machine(device_type: str, device_index: int | None = None) -> dict:
         if device_type == "cuda":
             idx = device_index if device_index is not None else torch.cuda.current_device()
             name = torch.cuda.get_device_name(idx)
-            try:
-                driver = str(torch._C._cuda_getDriverVersion())  # CUDA driver API version, e.g. 12080
-            except Exception:  # noqa: BLE001 - absent in some builds: the device name still keys it
-                driver = None
+            from .tune import driver_version
+
+            # the NVIDIA driver from /proc, else the CUDA driver API version; on the H200 the torch
+            # call alone gave None, so results were keyed without the driver
+            driver = driver_version()
         else:
             import platform
 

@@ -510,20 +510,33 @@ def preference_string(explicit) -> str:
     return raw if isinstance(raw, str) else ",".join(raw)
 
 
+def _cached(req: Request, raw):
+    """(decision-cache key, cached backend or None) for ``req`` under the preference ``raw``."""
+    key = (req, raw if not isinstance(raw, list) else tuple(raw))
+    try:
+        return key, _cache.get(key)
+    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
+        parse_preference(raw)
+        raise
+
+
+def _parsed(raw, source: str):
+    """The preference as a tuple of canonical names (``use_backend()`` stores it parsed already)."""
+    if raw is None:
+        return None
+    return raw if isinstance(raw, tuple) and source == "use_backend()" else parse_preference(raw)
+
+
 def select_preference(req: Request, raw, source: str = "automatic"):
     """``select`` for an already-resolved preference (None or "" = automatic)."""
     if raw == "":
         raw, source = None, "automatic"
-    key = (req, raw if not isinstance(raw, list) else tuple(raw))
-    try:
-        hit = _cache.get(key)
-    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
-        parse_preference(raw)
-        raise
-    if hit is not None:
-        return hit
-    pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
-                                     else parse_preference(raw))
+    key, hit = _cached(req, raw)
+    return hit if hit is not None else _select_uncached(req, raw, source, key)
+
+
+def _select_uncached(req: Request, raw, source: str, key):
+    pref = _parsed(raw, source)
     decision = decide(req, pref, source, prepare=True)
     if decision.chosen is not None and not decision.strict and _verify_on_first_use():
         decision = _verified(decision, pref, source)
@@ -602,14 +615,9 @@ def run_preference(req: Request, raw, source, call):
     """:func:`run` for an already-resolved preference (the custom ops carry it as a string)."""
     if raw == "":
         raw, source = None, "automatic"
-    key = (req, raw if not isinstance(raw, list) else tuple(raw))
-    try:
-        backend = _cache.get(key)
-    except TypeError:  # an unhashable preference (a set...): let the parser say what is wrong
-        parse_preference(raw)
-        raise
+    key, backend = _cached(req, raw)
     if backend is None:
-        backend = select_preference(req, raw, source)
+        backend = _select_uncached(req, raw, source, key)
     try:
         return call(backend)
     except Exception as exc:  # noqa: BLE001 - sorted below: the caller's errors re-raise untouched
@@ -658,9 +666,7 @@ def _serve_declined(key, req, raw, source, call, declined, exc):
     may well suit the first backend again. A strict name raises ``NoBackendError`` with the reason."""
     from .backends.base import CallDeclined
 
-    pref = None if raw is None else (raw if isinstance(raw, tuple) and source == "use_backend()"
-                                     else parse_preference(raw))
-    decision = decide(req, pref, source, prepare=True)
+    decision = decide(req, _parsed(raw, source), source, prepare=True)
     names = [c.name for c in decision.candidates if c.status in ("chosen", "usable")]
     refused = {declined.name: str(exc)}
     for name in ([] if decision.strict else names):

@@ -85,6 +85,16 @@ def _graphed(fn):
         return fn, False
 
 
+def write_json(doc, dest: str) -> None:
+    """``--json FILE`` writes ``doc`` there; ``--json -`` prints it."""
+    text = json.dumps(doc, indent=2, default=str)
+    if dest == "-":
+        print(text)
+    else:
+        with open(dest, "w") as f:
+            f.write(text)
+
+
 def copy_bandwidth(device, reps) -> float:
     import torch
 
@@ -421,12 +431,7 @@ def main(args) -> int:
     _ratios(rows)
     doc = dict(env=env, copy_gbs=copy_gbs, rows=rows)
     if args.json:
-        text = json.dumps(doc, indent=2, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text)
+        write_json(doc, args.json)
     if args.json != "-":
         console.print(f"{env['device']}  torch {env['torch']}  triton {env['triton']}  "
                       f"copy {copy_gbs:.0f} GB/s (read+write)")

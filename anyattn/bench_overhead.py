@@ -30,7 +30,6 @@ triton paged decode (batch 16 x 4k) under cProfile and print each one's top func
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -429,12 +428,9 @@ def main(argv=None) -> int:
     env["seconds"] = time.perf_counter() - t0
     doc = dict(env=env, rows=rows.rows, copy_gbs=copy, bandwidth=bw, profile=profiles)
     if args.json:
-        text = json.dumps(doc, indent=2, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text)
+        from .bench import write_json
+
+        write_json(doc, args.json)
     console = Console(stderr=args.json == "-")
     if not console.is_terminal:
         console = Console(stderr=args.json == "-", width=200)

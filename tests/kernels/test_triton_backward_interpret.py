@@ -18,26 +18,11 @@ import sys
 import pytest
 import torch
 
-if os.environ.get("CI"):
-    import triton  # noqa: F401  (CI installs triton and numpy: a failed import must fail the run)
-else:
-    pytest.importorskip("triton")
-
-
-def _interpreting() -> bool:
-    import triton.language as tl
-
-    return type(tl.zeros).__name__ == "InterpretedFunction"
-
-
-if not _interpreting():
-    _why = ("triton was imported before TRITON_INTERPRET=1 was set (or a GPU is present); run: "
-            "TRITON_INTERPRET=1 python -m pytest tests/kernels/test_triton_backward_interpret.py")
-    if os.environ.get("CI"):
-        raise RuntimeError(_why)
-    pytest.skip(_why, allow_module_level=True)
-
 sys.path.insert(0, os.path.dirname(__file__))
+from _interpret import require_interpreter  # noqa: E402
+
+require_interpreter(__file__)
+
 from _grad_ref import ref_grads as _ref_grads  # noqa: E402
 
 from anyattn.backends.triton import TritonBackend  # noqa: E402

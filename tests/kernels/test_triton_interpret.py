@@ -18,28 +18,11 @@ import sys
 import pytest
 import torch
 
-if os.environ.get("CI"):
-    import triton  # noqa: F401  (CI installs triton and numpy: a failed import must fail the run)
-else:
-    pytest.importorskip("triton")
-
 sys.path.insert(0, os.path.dirname(__file__))
 from _attn_ref import ref_dense, ref_paged, ref_varlen  # noqa: E402
+from _interpret import require_interpreter  # noqa: E402
 
-
-
-def _interpreting() -> bool:
-    import triton.language as tl
-
-    return type(tl.zeros).__name__ == "InterpretedFunction"
-
-
-if not _interpreting():
-    _why = ("triton was imported before TRITON_INTERPRET=1 was set (or a GPU is present); "
-            "run: TRITON_INTERPRET=1 python -m pytest tests/kernels/test_triton_interpret.py")
-    if os.environ.get("CI"):
-        raise RuntimeError(_why)  # CI must exercise the kernels, never skip them silently
-    pytest.skip(_why, allow_module_level=True)
+require_interpreter(__file__)
 
 from anyattn.kernels import triton_paged as G  # noqa: E402
 from anyattn.kernels import triton_prefill as P  # noqa: E402

@@ -27,6 +27,7 @@ from anyattn.kernels import _launch as L  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_triton_launch import _compiled_copy  # noqa: E402
+from _interpret import interpreting  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -198,13 +199,7 @@ def test_paged_memo_launches_what_the_full_path_builds(mods, rec):
     assert n > 10, "the sweep must include split-KV (combine) launches"
 
 
-def _interpreting() -> bool:
-    import triton.language as tl
-
-    return type(tl.zeros).__name__ == "InterpretedFunction"
-
-
-@pytest.mark.skipif(not os.environ.get("CI") and not _interpreting(),
+@pytest.mark.skipif(not os.environ.get("CI") and not interpreting(),
                     reason="needs TRITON_INTERPRET=1 before triton's import (tests/kernels/conftest.py)")
 def test_remembered_calls_compute_the_reference_under_the_interpreter():
     from _attn_ref import ref_dense, ref_paged

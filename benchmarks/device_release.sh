@@ -112,6 +112,8 @@ bench)
   echo "bench exit: $?"; tail -n 80 "$OUT/bench.log"
   timeout 90 python3 -m anyattn.bench_overhead --profile --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
   grep -A30 "host µs per call" "$OUT/overhead.txt" | head -34
+  # the Triton backward's deterministic and default modes, and their cost (issue 10 §1)
+  timeout 100 python3 benchmarks/triton_backward_modes.py --quick 2>&1 | tee "$OUT/backward_modes.txt"
   ;;
 models)
   timeout 560 python3 -m anyattn.integrations.hf_bench --out "$OUT" --budget ${HF_BUDGET:-330} > "$OUT/hf_bench.log" 2>&1

@@ -323,11 +323,27 @@ GPU_EXAMPLES = int(os.environ.get("ANYATTN_FUZZ_GPU_EXAMPLES", "1200"))  # per o
 GPU_SECONDS = float(os.environ.get("ANYATTN_FUZZ_GPU_SECONDS", "0"))
 # 15 runs, one per worker of a 16-core machine: the H200 release run drew 500-1,160 cases per
 # run in 270 s (paged most, dense fewest: more kernel variants to compile)
-GPU_SEEDS = ("fixed", "rotating", "rotating+1", "rotating+2", "rotating+3")
+# ANYATTN_FUZZ_GPU_RUNS=N seeds per op (default 5). The release run asks for two runs per worker
+# and one shared deadline (ANYATTN_FUZZ_GPU_UNTIL, Unix time): a run whose CUDA context is
+# poisoned ends its worker process (pytest-xdist starts a fresh one), and the worker's second run
+# spends the time left; a run that reached the deadline leaves its second run nothing to do.
+GPU_SEEDS = ("fixed", "rotating") + tuple(
+    f"rotating+{i}" for i in range(1, int(os.environ.get("ANYATTN_FUZZ_GPU_RUNS", "5")) - 1))
+GPU_UNTIL = float(os.environ.get("ANYATTN_FUZZ_GPU_UNTIL", "0"))
 _GPU_COUNTS: Counter = Counter()
 # A CUDA error that poisons the context: every later case in the process would fail with it.
 _STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure",
                 "misaligned address", "illegal instruction")
+
+
+def _failed(failures: list[str], text: str) -> None:
+    """Keep a failing case; with ANYATTN_FUZZ_FAILURES=FILE also append it there at once, so a
+    worker that dies later (a poisoned CUDA context, a segfault) loses none."""
+    failures.append(text)
+    path = os.environ.get("ANYATTN_FUZZ_FAILURES")
+    if path:
+        with open(path, "a") as f:
+            f.write(text.strip() + "\n\n")
 
 
 def _gpu_backends():
@@ -359,6 +375,8 @@ def test_fuzz_gpu(op, which, request):
     mine: Counter = Counter()
     failures: list[str] = []
     deadline = time.monotonic() + GPU_SECONDS if GPU_SECONDS > 0 else math.inf
+    if GPU_UNTIL > 0:
+        deadline = min(deadline, time.monotonic() + (GPU_UNTIL - time.time()))
     poisoned: list[str] = []
     previous: list[dict] = []
     with_auto = [] if os.environ.get("ANYATTN_FUZZ_BACKENDS") else ["auto"]
@@ -374,13 +392,13 @@ def test_fuzz_gpu(op, which, request):
             check(c, "cuda", mine)
         except AssertionError as exc:
             mine[(c["backend"], "FAILED")] += 1
-            failures.append(str(exc))
+            _failed(failures, str(exc))
             if any(t in str(exc) for t in _STICKY_CUDA):
                 poisoned.append(str(exc))
         except Exception as exc:  # noqa: BLE001 - outside the backend call (building the case)
             mine[(c["backend"], "FAILED")] += 1
-            failures.append(f"{type(exc).__name__} while building the case after {json.dumps(previous[-1:])}: "
-                            f"{exc}\ncase: {json.dumps(c)}")
+            _failed(failures, f"{type(exc).__name__} while building the case after "
+                    f"{json.dumps(previous[-1:])}: {exc}\ncase: {json.dumps(c)}")
             poisoned.append(str(exc))
         previous[:] = [c]
 
@@ -391,6 +409,10 @@ def test_fuzz_gpu(op, which, request):
         _GPU_COUNTS.update(mine)
         _note(request, f"\nfuzz GPU {op} seed {s}: {sum(mine.values())} cases in {time.monotonic() - t0:.0f} s; "
               + ", ".join(f"{b} {w} {n}" for (b, w), n in sorted(mine.items())))
+    if poisoned and os.environ.get("PYTEST_XDIST_WORKER") and GPU_UNTIL > 0:
+        # every later case of this process would fail with the same error: end the worker
+        # (its counts and failures are written above) so that pytest-xdist starts a clean one
+        os._exit(3)
     assert not failures, (f"{len(failures)} failing case(s)" + (" (stopped: CUDA context poisoned)" if poisoned else "")
                           + ":\n\n" + "\n\n".join(failures[:20]))
 

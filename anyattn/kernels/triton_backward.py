@@ -36,9 +36,10 @@ and an unmasked middle.
 
 On sm90 the streamed tiles (Q/dO in the dK/dV kernel, K/V in the dQ kernel) load through
 device-side tensor descriptors where the layout allows, which frees the registers of 64-bit
-pointer tiles (fewer spills): 161-172 against 105-113 TFLOP/s with pointer loads (H200, bf16,
-d128, 4k and 16k, full and causal; the GPU tests pass on both paths). ``config={"TMA": False}``
-or ``ANYATTN_TRITON_BWD_TMA=0`` selects pointer loads.
+pointer tiles (fewer spills): 161-172 against 105-113 TFLOP/s with pointer loads at the same
+blocks (H200, bf16, d128, 4k and 16k, full and causal; the GPU tests pass on both paths), and
+283-372 with the measured blocks of ``SM90_TMA_D128``. ``config={"TMA": False}`` or
+``ANYATTN_TRITON_BWD_TMA=0`` selects pointer loads.
 
 Paged KV caches have no backward (inference only). Launch configurations come from a static
 table (no autotuning); a configuration that does not fit the GPU's shared memory is shrunk
@@ -525,6 +526,13 @@ def _bwd_pre_kernel(O, DO, LSE, DLSE, LSE2, DELTA,
 # configuration table (static: graph-capture safe, no autotuning)
 # ------------------------------------------------------------------------------
 
+#: sm90 + descriptors, head dims 65-128: measured on the H200 (bf16, d128, 4k and 16k, full and
+#: causal; ``benchmarks/triton_backward_modes.py --sweep``): 283-372 TFLOP/s against 161-172 for
+#: the spill-minimising (32, 64, 8, 2) / (128, 64, 8, 2) it replaces. The 64-query dK/dV step
+#: gives each of the two warp groups a full 64-row wgmma; dQ gains 2-5 % from 64 x 128.
+SM90_TMA_D128 = dict(dkdv=(64, 128, 8, 2), dq=(64, 128, 4, 3))
+
+
 def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
                     device: torch.device, tma: bool = False) -> dict:
     """Launch configuration of the two main kernels.
@@ -538,8 +546,8 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     usage; d64 none, d128 <= ~0.4 KB, d256 <= ~0.6 KB per thread; the larger 128-key dK/dV
     tile spills ~1 KB at d128). A configuration that exceeds the GPU's shared memory is shrunk
     at first launch (see ``_launch``). With ``tma`` (sm90 tensor descriptors, opt-in) the
-    entries are those that compile without spills or with the fewest (d64 none, d128 <= 40 B,
-    d256 <= 72 B): no 64-bit pointer tiles, so larger tiles fit.
+    entries are those that compile without spills or with the fewest (d64 none, d256 <= 72 B):
+    no 64-bit pointer tiles, so larger tiles fit; d128 is the measured ``SM90_TMA_D128``.
     """
     bd = max(16, next_pow2(max(head_dim, head_dim_v)))
     if interpret_mode() or device.type != "cuda":
@@ -555,7 +563,7 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
         if bd <= 64:
             return dict(dkdv=(64, 128, 8, 3), dq=(128, 128, 8, 3))
         if bd <= 128:
-            return dict(dkdv=(32, 64, 8, 2), dq=(128, 64, 8, 2))
+            return dict(SM90_TMA_D128)
         return dict(dkdv=(16, 32, 8, 1), dq=(64, 32, 8, 2))
     big_smem = major >= 9 or (major == 8 and minor == 0)  # sm80 / sm90: 164-228 KB per SM
     if big_smem:
@@ -600,7 +608,7 @@ def _deterministic(config) -> bool:
     return bool(want)
 
 
-_FITTED: dict = {}  # (kernel, key) -> the configuration that compiled within the GPU's limits
+_FITTED: dict = {}  # (kernel, key, asked) -> the configuration that compiled within the GPU's limits
 
 
 def _shrink(cfg):
@@ -616,6 +624,9 @@ def _launch(kernel, grid_fn, key, cfg, args, consts):
     """Launch ``kernel`` with ``cfg``; if it does not fit (Triton's OutOfResources, raised at
     compile time before anything runs) step down stages, then block sizes, and remember the
     configuration that fitted for this key."""
+    # keyed by the configuration asked for too: a config= override is never replaced by the
+    # configuration an earlier call (another override, or the table) fitted
+    key = key + (tuple(cfg),)
     cfg = _FITTED.get(key, cfg)
     while True:
         bm, bn, w, st = cfg

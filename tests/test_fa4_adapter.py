@@ -280,6 +280,21 @@ def test_import_is_deferred_until_chosen(fa4, monkeypatch):
     assert "imported in" in " ".join(b.notes(r))
 
 
+def test_cutlass_aux_data_warning_is_silenced_and_nothing_else(fa4):
+    import warnings
+
+    b, _ = fa4
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        b.prepare()  # the load installs the filter (inside this block: restored after it)
+        warnings.warn("Argument aux_data (position 17) cannot be converted to a JitArgument for function "
+                      "'cutlass___call___flash_attncuteflash_fwd_sm90'", UserWarning)
+        warnings.warn("Argument other (position 3) cannot be converted to a JitArgument", UserWarning)
+        warnings.warn("something else", UserWarning)
+    assert [str(w.message) for w in seen] == [
+        "Argument other (position 3) cannot be converted to a JitArgument", "something else"]
+
+
 def test_import_failure_at_selection_falls_through(tmp_path, monkeypatch):
     _fa4_files(tmp_path)
     _deps(tmp_path)
@@ -308,6 +323,10 @@ def test_arch_and_head_dim_rules(fa4):
     assert b.reasons(req(cap=(8, 0))) == [] and b.reasons(req(cap=(12, 0))) == []
     assert b.reasons(req(cap=(9, 0), d=192, dv=192)) == []  # sm90: any multiple of 8 up to 256
     assert b.reasons(req(cap=(9, 0), d=128, dv=64)) == []  # Dv != D on sm90
+    assert b.reasons(req(cap=(9, 0), d=48, dv=64)) == []  # both in the <= 64 tile class
+    for d, dv in ((32, 128), (32, 80), (64, 96), (96, 128)):  # the H200 fuzz's illegal accesses
+        assert any(f"head_dim_v={dv} > head_dim={d}" in r for r in b.reasons(req(cap=(9, 0), d=d, dv=dv))), (d, dv)
+        assert not any("sm90 tile sizes" in r for r in b.reasons(req(cap=(10, 0), d=d, dv=dv))), (d, dv)
     assert any("multiple of 8" in r for r in b.reasons(req(d=100)))
     assert any("head_dim=320" in r for r in b.reasons(req(d=320)))
     for d, dv in ((192, 192), (128, 256), (96, 192)):

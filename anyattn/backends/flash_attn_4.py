@@ -50,6 +50,7 @@ import importlib
 import importlib.util
 import os
 import time
+import warnings
 
 import torch
 
@@ -60,9 +61,18 @@ from .base import Availability, HeadDims, caps
 #: sm90 head dims whose paged path anyattn's H200 fuzz checked: 32, 64 and 128 passed, 80 was
 #: wrong; the others (96, 256...) are unchecked and go to other backends until a GPU run checks them
 PAGED_HEAD_DIMS_SM90 = frozenset({32, 64, 128})
+#: sm90 forward tiles are sized by head_dim alone (<= 64, <= 96, <= 128, <= 192, 256): a head_dim_v
+#: in a larger class than head_dim overran them on the H200 (anyattn's GPU fuzz, 4.0.0b36:
+#: illegal memory accesses at (32, 128) dense and paged, and at (32, 80) varlen)
+_SM90_TILE_CLASSES = (64, 96, 128, 192, 256)
+_AUX_DATA_WARNING = r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"
 MEASURED_IMPORT_S = 7.9  # `import flash_attn.cute` on the H200 (issue 8)
 MEASURED_JIT_S = (1.6, 3.8)  # first call of one variant on the H200
 _SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _sm90_tile_class(head_dim: int) -> int:
+    return next((c for c in _SM90_TILE_CLASSES if head_dim <= c), head_dim)
 # What flash_attn.cute imports at load time, beside torch: (module, distribution that ships it).
 _DEPENDENCIES = (("quack", "quack-kernels"), ("tvm_ffi", "apache-tvm-ffi"), ("einops", "einops"))
 
@@ -196,6 +206,11 @@ class FlashAttn4Backend(V.VendorBackend):
         t0 = time.perf_counter()
         iface = importlib.import_module("flash_attn.cute.interface")
         self.import_seconds = time.perf_counter() - t0
+        # nvidia-cutlass-dsl 4.8.1 warns at every kernel variant's compile that FA4's own
+        # ``aux_data`` argument "cannot be converted to a JitArgument" (1,400+ lines in one
+        # H200 fuzz run); the kernels are right (the GPU suite) and the user can do nothing
+        # about it, so this one message is silenced, nothing else
+        warnings.filterwarnings("ignore", message=_AUX_DATA_WARNING, category=UserWarning)
         return iface
 
     def prepare(self) -> str | None:
@@ -231,6 +246,10 @@ class FlashAttn4Backend(V.VendorBackend):
         if major in (10, 11) and not ((d <= 128 and dv <= 128) or (d, dv) in ((192, 128), (256, 256))):
             out.append(f"head dims ({d}, {dv}) not supported on sm{major}x: FlashAttention-4 takes both <= 128, "
                        "(192, 128) or (256, 256) there")
+        if major == 9 and dv > d and _sm90_tile_class(dv) > _sm90_tile_class(d):
+            out.append(f"head_dim_v={dv} > head_dim={d} across its sm90 tile sizes (chosen by head_dim "
+                       "alone) made illegal memory accesses on the H200 (anyattn's GPU fuzz, flash-attn-4 "
+                       "4.0.0b36, (32, 128) and (32, 80))")
         if req.op == "paged":
             if major in (8, 12):
                 out.append(f"no paged KV on sm{major}x (FlashAttention-4's interface asserts page_table is None)")

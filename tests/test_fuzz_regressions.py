@@ -9,7 +9,8 @@ accepts nothing else). The causes that show on a CPU are tested here without one
   ~30 positions away and the rounding moved the weights by ~10 % (error 0.08-0.09);
 * zero-length sequences made torch's fused kernels raise "Invalid backend";
 * misaligned views (a padded head dim) made the efficient kernel raise "no kernel found to
-  launch" and torch's own pick return wrong values on the GPU.
+  launch" and torch's own pick return wrong values on the GPU;
+* a broadcast q (stride 0 over heads) made cuDNN reject the output it laid out like q.
 """
 
 import json
@@ -57,7 +58,12 @@ def test_fused_ready_copies_misaligned_views_only():
     offset = torch.randn(2 * 9 * 4 * 32 + 3, dtype=torch.bfloat16)[3:].view(2, 9, 4, 32)  # base off by 6 bytes
     assert sdpa._fused_ready(offset).data_ptr() % 16 == 0
     broadcast = torch.randn(2, 9, 1, 32, dtype=torch.bfloat16).expand(2, 9, 4, 32)  # stride 0 is aligned
-    assert sdpa._fused_ready(broadcast) is broadcast
+    assert sdpa._fused_ready(broadcast) is broadcast  # K/V: an MQA head expanded stays a view
+    # q: the output is laid out like it, and cuDNN rejected a broadcast q's output on the H200
+    fixed = sdpa._fused_ready(broadcast, query=True)
+    assert fixed.is_contiguous() and torch.equal(fixed, broadcast)
+    one_head = torch.randn(2, 9, 1, 32, dtype=torch.bfloat16)
+    assert sdpa._fused_ready(one_head.expand(2, 9, 1, 32), query=True).data_ptr() == one_head.data_ptr()
 
 
 def test_findings_file_is_what_the_docstring_says():

@@ -96,7 +96,7 @@ class SdpaBackend(Backend):
             return _finish(o, out)
         # The common case (no mask), kept lean: it runs on every call (issue 7 section 2).
         if self.kernel != "MATH":
-            q, k, v = _fused_ready(q), _fused_ready(k), _fused_ready(v)
+            q, k, v = _fused_ready(q, query=True), _fused_ready(k), _fused_ready(v)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         gqa = False
         group = q.shape[2] // k.shape[2]
@@ -128,7 +128,7 @@ class SdpaBackend(Backend):
         if not q.shape[1] or not k.shape[1]:
             return _empty_result(q, v)
         if self.kernel != "MATH":
-            q, k, v = _fused_ready(q), _fused_ready(k), _fused_ready(v)
+            q, k, v = _fused_ready(q, query=True), _fused_ready(k), _fused_ready(v)
         qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         group = q.shape[2] // k.shape[2]
         gqa = False
@@ -171,18 +171,28 @@ def _empty_result(q, v):
     return q.new_zeros(b, sq, h, v.shape[-1])
 
 
-def _fused_ready(t):
+def _fused_ready(t, query=False):
     """``t`` as torch's fused kernels take it: unit stride on the head dim, and a 16-byte aligned
     base and strides. Misaligned views (a head dim padded to an odd width, an offset slice) make
     the efficient kernel raise "no kernel found to launch" and, on the H200, made torch's own pick
-    return wrong values (the GPU fuzz: errors of 4-5 at bf16, head dim 32); a copy costs less."""
+    return wrong values (the GPU fuzz: errors of 4-5 at bf16, head dim 32); a copy costs less.
+    ``query``: the kernel lays its output out like q, so a broadcast q (stride 0 over heads or
+    tokens) is copied too: cuDNN then rejected the output's strides on the H200 ("The stride for
+    the last dimension ... should be 1 for output_names::O", GPU fuzz 2026-12-01). Broadcast K/V
+    (an MQA head expanded) stay views."""
     st = t.stride()  # (B, S, H, D): the three leading strides are spelled out, this runs per call
     if st[3] != 1:
         return t.contiguous()
     step = _ALIGN_STEP.get(t.dtype) or 16 // t.element_size()
     if t.data_ptr() % 16 or (st[0] % step or st[1] % step or st[2] % step) and _misaligned(t, st, step):
         return t.clone(memory_format=torch.contiguous_format)  # contiguous() would keep a bad base
+    if query and not (st[0] and st[1] and st[2]) and _broadcast(t, st):
+        return t.contiguous()
     return t
+
+
+def _broadcast(t, st) -> bool:
+    return any(s == 0 and n > 1 for s, n in zip(st[:3], t.shape[:3]))
 
 
 _ALIGN_STEP = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 4}

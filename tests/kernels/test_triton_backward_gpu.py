@@ -114,6 +114,10 @@ def test_dense_head_dims(d, dv, dtype):
     """Dv != D and non-power-of-two head dims, through attention_backward."""
     seed = int(torch.randint(0, 2**31 - 1, ()))
     feat = dict(causal=True, sinks=True, dlse=True)
+    if dv < d:  # the forward withholds Dv < D on CUDA (test_triton_gpu::test_smaller_value_head_dim)
+        with pytest.raises(anyattn.NoBackendError, match="withheld"):
+            _dense((2, 333, 401, 4, 2), feat, d, dv, dtype, seed)
+        return
     q, k, v, o, lse, do, dlse, scale, kw = _dense((2, 333, 401, 4, 2), feat, d, dv, dtype, seed)
     got = _backend().attention_backward(do, dlse, q, k, v, o, lse, **kw, scale=scale)
     ref = ref_grads(q, k, v, do, dlse, [(0, 0, 0, 0), (1, 1, 1, 1)], sinks=kw["sinks"],

@@ -83,6 +83,10 @@ def test_head_dims(d, dv, dtype):
     k = torch.randn(2, 250, 2, d, device=DEV, dtype=dtype)
     v = torch.randn(2, 250, 2, dv, device=DEV, dtype=dtype)
     out = torch.full((2, 190, 8, dv), float("nan"), device=DEV, dtype=dtype)
+    if dv < d:  # withheld on CUDA until the kernel bug that test_smaller_value_head_dim tracks is fixed
+        with pytest.raises(anyattn.NoBackendError, match=f"head_dim_v={dv} < head_dim={d}.*withheld"):
+            anyattn.attention(q, k, v, causal=True, out=out, return_lse=True, backend="triton")
+        return
     o, lse = anyattn.attention(q, k, v, causal=True, out=out, return_lse=True, backend="triton")
     ro, rl = anyattn.attention(q.float(), k.float(), v.float(), causal=True, return_lse=True,
                                backend="reference")

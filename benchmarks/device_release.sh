@@ -23,9 +23,10 @@ export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:.
 export ANYATTN_CACHE_DIR=/tmp/anyattn-cache FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
 # JIT caches in /tmp, which a warm machine keeps between calls
 export TRITON_CACHE_DIR=/tmp/triton-cache FLASHINFER_WORKSPACE_BASE=/tmp/flashinfer-ws
-# -v: each result is in the log as it happens; `timeout -s INT` lets pytest print its summary
+# -v: each result is in the log as it happens; --durations: where a stage's time went;
+# `timeout -s INT` lets pytest print its summary
 # when a stage runs out of time (a plain kill loses every failure's name)
-PYTEST="python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark -rfE --timeout=240"
+PYTEST="python3 -m pytest -m gpu -v -p no:cacheprovider -p no:benchmark -rfE --timeout=240 --durations=25"
 STOP="timeout -s INT -k 20"
 [ $# -gt 0 ] || set -- usage
 for stage in "$@"; do

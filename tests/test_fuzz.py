@@ -52,7 +52,11 @@ CPU_EXAMPLES = int(os.environ.get("ANYATTN_FUZZ_EXAMPLES", "350"))  # per op and
 
 # ------------------------------------------------------------------------------ cases
 @st.composite
-def cases(draw, op: str, backends: list[str], dtypes: list[str], max_len: int, head_dims: list[int]):
+def cases(draw, op: str, backends: list[str], dtypes: list[str], max_len: int, head_dims: list[int],
+          long_len: int = 0):
+    """One case. Lengths are at most ``max_len``; with ``long_len``, one length in five is drawn
+    from (max_len, long_len] instead, so that sequences span several of a kernel's tiles (the
+    masked edge tiles and the unmasked middle of each loop) while most cases stay cheap."""
     hkv = draw(st.sampled_from([1, 2, 3]))
     c = {
         "op": op,
@@ -76,6 +80,10 @@ def cases(draw, op: str, backends: list[str], dtypes: list[str], max_len: int, h
     if draw(st.integers(0, 5)) == 0:
         c["dv"] = draw(st.sampled_from(head_dims))
     lengths = st.integers(0, max_len)
+    if long_len > max_len:
+        short = lengths
+        lengths = st.integers(0, 4).flatmap(
+            lambda r: st.integers(max_len + 1, long_len) if r == 0 else short)
     if op == "attention":
         c["b"] = draw(st.integers(1, 3))
         c["sq"] = draw(st.one_of(st.just(1), lengths))
@@ -253,7 +261,7 @@ _SETTINGS = dict(deadline=None, database=None, print_blob=True,
 def _cpu_test(op, which):
     @seed(FIXED_SEED if which == "fixed" else ROTATING_SEED)
     @settings(max_examples=CPU_EXAMPLES, **_SETTINGS)
-    @given(c=cases(op, CPU_BACKENDS, list(DTYPES), max_len=13, head_dims=[8, 16, 24]))
+    @given(c=cases(op, CPU_BACKENDS, list(DTYPES), max_len=13, head_dims=[8, 16, 24], long_len=80))
     def test(c):
         check(c, "cpu", _CPU_COUNTS)
 
@@ -384,7 +392,7 @@ def test_fuzz_gpu(op, which, request):
     @seed(s)
     @settings(max_examples=GPU_EXAMPLES, phases=[Phase.generate], **_SETTINGS)
     @given(c=cases(op, names + with_auto, ["bfloat16", "float16", "float32"], max_len=70,
-                   head_dims=[32, 64, 128, 80]))
+                   head_dims=[32, 64, 128, 80], long_len=400))
     def run(c):
         if poisoned or time.monotonic() > deadline:
             return

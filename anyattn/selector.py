@@ -648,43 +648,64 @@ def _recover(key, req, raw, source, call, failed, first_exc):
             raise first_exc from None
         try:
             result = call(backend)
+        except CallDeclined as nxt:
+            # the next in line refuses only this call's sizes (the decliner that sent us here,
+            # met again): serve the call with the rest and record nothing about it
+            return _serve_declined(key, req, raw, source, call, backend, nxt, tried)
         except Exception as nxt:  # noqa: BLE001
             if _not_recoverable(nxt):
                 raise
             failed, exc = backend, nxt
             continue
-        if req not in _warned:
-            _warned.add(req)
-            log.warning("anyattn: %s failed at run time for %s; %s serves this signature instead "
-                        "(anyattn.explain() shows why)", ", ".join(tried), req.describe(), backend.name)
+        _warn_recovered(req, tried, backend.name)
         return result
 
 
-def _serve_declined(key, req, raw, source, call, declined, exc):
+def _warn_recovered(req, tried, name):
+    """One WARNING per signature: what failed at run time and what serves it instead."""
+    if tried and req not in _warned:
+        _warned.add(req)
+        log.warning("anyattn: %s failed at run time for %s; %s serves this signature instead "
+                    "(anyattn.explain() shows why)", ", ".join(tried), req.describe(), name)
+
+
+def _serve_declined(key, req, raw, source, call, declined, exc, tried=()):
     """A backend refused this one call for its sizes (``CallDeclined``): the next usable backend
     in the same decision serves it, and nothing is recorded, since the next call of the signature
-    may well suit the first backend again. A strict name raises ``NoBackendError`` with the reason."""
-    from .backends.base import CallDeclined
+    may well suit the first backend again. A strict name raises ``NoBackendError`` with the reason.
+    ``tried``: real run-time failures met before (recovery's), named in its WARNING."""
+    from .backends.base import CallDeclined, one_line
 
     decision = decide(req, _parsed(raw, source), source, prepare=True)
     names = [c.name for c in decision.candidates if c.status in ("chosen", "usable")]
-    refused = {declined.name: str(exc)}
+    refused = {declined.name: f"declined this call at run time: {exc}"}
+    tried = list(tried)
     for name in ([] if decision.strict else names):
         if name in refused:
             continue
         backend = backends.get(name)
         try:
-            return call(backend)
+            result = call(backend)
         except CallDeclined as nxt:
-            refused[name] = str(nxt)
-        except Exception as nxt:  # noqa: BLE001 - a real failure of the next one: usual recovery
+            refused[name] = f"declined this call at run time: {nxt}"
+            continue
+        except Exception as nxt:  # noqa: BLE001 - a real failure of the next one: recorded, as in recovery
             if _not_recoverable(nxt):
                 raise
-            return _recover(key, req, raw, source, call, backend, nxt)
+            reason = f"failed at run time on this machine: {one_line(nxt)}"
+            _runtime_failures[(req, name)] = refused[name] = reason
+            tried.append(f"{name} ({one_line(nxt)})")
+            _cache.pop(key, None)
+            continue
+        _warn_recovered(req, tried, backend.name)
+        return result
     for c in decision.candidates:
         if c.name in refused:
-            c.status, c.reasons = "rejected", [f"declined this call at run time: {refused[c.name]}"]
+            c.status, c.reasons = "rejected", [refused[c.name]]
     decision.chosen = None
+    if tried:
+        log.warning("anyattn: %s failed for %s and no other backend can serve it", ", ".join(tried),
+                    req.describe())
     raise NoBackendError(decision) from exc
 
 

@@ -130,6 +130,42 @@ def test_a_call_declined_for_its_sizes_is_served_by_the_next_and_nothing_is_lear
     assert anyattn.explain(q, k, v, causal=True).chosen == "flaky"
 
 
+def test_a_declined_call_whose_next_backend_fails_never_records_the_decliner(flaky, caplog):
+    """A declines this call's sizes, B (next in line) then fails for real: B's failure is
+    recorded and a third backend serves the call; A, which only refused one call, is not
+    recorded as failing (recovery used to pick A again, meet its refusal and record it)."""
+    from anyattn import selector
+    from anyattn.backends.base import CallDeclined
+
+    decliner = flaky(exc=CallDeclined("refuses this call's sizes"), first=False)
+    flaky(exc=RuntimeError("boom"), name="flaky2", first=False)
+    q, k, v = _qkv()
+    pref = "flaky,flaky2,sdpa_math"
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        out = anyattn.attention(q, k, v, backend=pref)
+    assert torch.allclose(out.double(), naive.dense(q, k, v)[0], atol=2e-5)
+    failed = {name for (_req, name) in selector._runtime_failures}
+    assert "flaky2" in failed and "flaky" not in failed, failed
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 1 and "flaky2 (RuntimeError: boom)" in msgs[0] and "sdpa_math" in msgs[0], msgs
+    assert decliner.calls == 1, "asked once for this call, not again by the recovery"
+    anyattn.attention(q, k, v, backend=pref)
+    assert decliner.calls == 2, "the decliner stays first in line for the next call"
+
+
+def test_a_decline_then_a_failure_with_nothing_left_names_both(flaky):
+    from anyattn.backends.base import CallDeclined
+
+    flaky(exc=CallDeclined("refuses this call's sizes"), first=False)
+    flaky(exc=RuntimeError("boom"), name="flaky2", first=False)
+    q, k, v = _qkv()
+    with pytest.raises(anyattn.NoBackendError) as info:
+        anyattn.attention(q, k, v, backend="flaky,flaky2")
+    text = str(info.value)
+    assert "declined this call at run time: refuses this call" in text
+    assert "failed at run time on this machine: RuntimeError: boom" in text
+
+
 def test_a_strict_name_that_declines_a_call_raises_no_backend_error_with_the_reason(flaky):
     from anyattn.backends.base import CallDeclined
 

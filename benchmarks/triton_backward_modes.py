@@ -40,6 +40,18 @@ def _tflops(ms, b, h, s, d, causal):
     return f / (ms * 1e-3) / 1e12
 
 
+def _runner(do, q, k, v, o, lse, causal, cfg=None):
+    """The Triton backward alone for one configuration (None: the table's)."""
+    d = q.shape[-1]
+    return lambda: flash_attention_backward(do, q, k, v, o, lse, None, scale=d ** -0.5,
+                                            causal=causal, config=cfg)
+
+
+def _max_rel(got, want):
+    return max(float((x.float() - y.float()).norm() / y.float().norm())
+               for x, y in zip(got[:3], want[:3]))
+
+
 def _sdpa_ms(q, k, v, do, causal, backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -79,21 +91,13 @@ def sweep():
             base_cfg = tb.backward_config(d, d, q.dtype, q.device, tma=True)
             anchors = {be: _tflops(_sdpa_ms(q, k, v, do, causal, be), b, h, s, d, causal)
                        for be in ("CUDNN_ATTENTION", "FLASH_ATTENTION")}
-            ref = flash_attention_backward(do, q, k, v, o, lse, None, scale=d ** -0.5,
-                                           causal=causal)
+            ref = _runner(do, q, k, v, o, lse, causal)()
             best = {}
             for kern, cands in SWEEP.items():
                 for cand in cands:
-                    cfg = dict(base_cfg, **{kern: cand})
-
-                    def run(cfg=cfg):
-                        return flash_attention_backward(do, q, k, v, o, lse, None,
-                                                        scale=d ** -0.5, causal=causal,
-                                                        config=cfg)
+                    run = _runner(do, q, k, v, o, lse, causal, dict(base_cfg, **{kern: cand}))
                     try:
-                        g = run()
-                        err = max(float((x.float() - y.float()).norm() / y.float().norm())
-                                  for x, y in zip(g[:3], ref[:3]))
+                        err = _max_rel(run(), ref)
                         tf = _tflops(triton.testing.do_bench(run), b, h, s, d, causal)
                         ran = [c for kk, c in tb._FITTED.items()
                                if kk[0] == kern and kk[-1] == tuple(cand)]
@@ -106,12 +110,10 @@ def sweep():
                     print(f"{shape}  {kern:4s} {str(cand):18s} {row}", flush=True)
             pair = dict(base_cfg, dkdv=best.get("dkdv", (0, base_cfg["dkdv"]))[1],
                         dq=best.get("dq", (0, base_cfg["dq"]))[1])
-            tf_pair = _tflops(triton.testing.do_bench(
-                lambda: flash_attention_backward(do, q, k, v, o, lse, None, scale=d ** -0.5,
-                                                 causal=causal, config=pair)), b, h, s, d, causal)
-            tf_table = _tflops(triton.testing.do_bench(
-                lambda: flash_attention_backward(do, q, k, v, o, lse, None, scale=d ** -0.5,
-                                                 causal=causal)), b, h, s, d, causal)
+            tf_pair = _tflops(triton.testing.do_bench(_runner(do, q, k, v, o, lse, causal, pair)),
+                              b, h, s, d, causal)
+            tf_table = _tflops(triton.testing.do_bench(_runner(do, q, k, v, o, lse, causal)),
+                               b, h, s, d, causal)
             table.append((shape, tf_table, tf_pair, pair["dkdv"], pair["dq"],
                           anchors["CUDNN_ATTENTION"], anchors["FLASH_ATTENTION"]))
             del q, k, v, o, lse, do, ref
@@ -149,16 +151,12 @@ def main():
                 base = None
                 res = dict(d=d, s=s, b=b, h=h, causal=causal)
                 for name, cfg in MODES.items():
-                    def run(cfg=cfg):
-                        return flash_attention_backward(do, q, k, v, o, lse, None,
-                                                        scale=d ** -0.5, causal=causal,
-                                                        config=cfg)
+                    run = _runner(do, q, k, v, o, lse, causal, cfg)
                     try:
                         g = run()
                         if base is None:
                             base = g
-                        err = max(float((x.float() - y.float()).norm() / y.float().norm())
-                                  for x, y in zip(g[:3], base[:3]))
+                        err = _max_rel(g, base)
                         ms = triton.testing.do_bench(run)
                         res[name] = dict(ms=ms, tflops=_tflops(ms, b, h, s, d, causal),
                                          rel_err_vs_default=err)

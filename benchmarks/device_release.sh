@@ -62,7 +62,7 @@ fuzz)
   FS=${FUZZ_SECONDS:-360}
   [ -n "$FUZZ_SEED" ] && export ANYATTN_FUZZ_SEED=$FUZZ_SEED
   ANYATTN_FLEX_COMPILE=0 ANYATTN_TRITON_VERIFY_PLANS=1 ANYATTN_FUZZ_SKIP=flashinfer ANYATTN_FUZZ_GPU_SECONDS=$FS \
-    ANYATTN_FUZZ_GPU_RUNS=10 ANYATTN_FUZZ_GPU_UNTIL=$(( $(date +%s) + FS + 20 )) \
+    ANYATTN_FUZZ_GPU_RUNS=10 ANYATTN_FUZZ_GPU_EXAMPLES=100000 ANYATTN_FUZZ_GPU_UNTIL=$(( $(date +%s) + FS + 20 )) \
     ANYATTN_FUZZ_LOG=/tmp/fuzz_counts.txt ANYATTN_FUZZ_FAILURES=/tmp/fuzz_failures.txt \
     $STOP $(( FS + 150 )) $PYTEST --timeout=$(( FS + 120 )) --max-worker-restart=30 tests/test_fuzz.py -n 15 \
     -k "test_fuzz_gpu and not counts" > "$OUT/pytest_fuzz.log" 2>&1

@@ -329,8 +329,8 @@ GPU_EXAMPLES = int(os.environ.get("ANYATTN_FUZZ_GPU_EXAMPLES", "1200"))  # per o
 # first call of every kernel variant compiles (Triton, FA4's CuTe DSL), so cases stop being drawn
 # at the deadline and the counts say how many ran.
 GPU_SECONDS = float(os.environ.get("ANYATTN_FUZZ_GPU_SECONDS", "0"))
-# 15 runs, one per worker of a 16-core machine: the H200 release run drew 500-1,160 cases per
-# run in 270 s (paged most, dense fewest: more kernel variants to compile)
+# The H200 release runs drew 400-1,100 cases per run in 300 s (paged most, dense fewest: more
+# kernel variants to compile), so a long run wants ANYATTN_FUZZ_GPU_EXAMPLES above the default.
 # ANYATTN_FUZZ_GPU_RUNS=N seeds per op (default 5). The release run asks for two runs per worker
 # and one shared deadline (ANYATTN_FUZZ_GPU_UNTIL, Unix time): a run whose CUDA context is
 # poisoned ends its worker process (pytest-xdist starts a fresh one), and the worker's second run

@@ -73,6 +73,8 @@ _SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def _sm90_tile_class(head_dim: int) -> int:
     return next((c for c in _SM90_TILE_CLASSES if head_dim <= c), head_dim)
+
+
 # What flash_attn.cute imports at load time, beside torch: (module, distribution that ships it).
 _DEPENDENCIES = (("quack", "quack-kernels"), ("tvm_ffi", "apache-tvm-ffi"), ("einops", "einops"))
 

@@ -79,8 +79,9 @@ tests)
   echo "pytest exit: $?"; grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_gpu${TESTS_TAG}.log" | head -40
   ;;
 sweep)
-  # the Triton backward's launch configurations at d128 beside cuDNN and FA2 (issue 10)
-  timeout ${SWEEP_TIMEOUT:-240} python3 benchmarks/triton_backward_modes.py --sweep 2>&1 | tee "$OUT/backward_sweep.txt"
+  # the Triton backward's launch configurations at d128 and d64 beside cuDNN and FA2 (issue 10;
+  # ~120 s for 26 compiles of d128 on 2026-12-01, so ~4 min for both head dims)
+  timeout ${SWEEP_TIMEOUT:-300} python3 benchmarks/triton_backward_modes.py --sweep 2>&1 | tee "$OUT/backward_sweep.txt"
   ;;
 flashinfer)
   # FlashInfer JIT-compiles each kernel variant with nvcc on first use (minutes each on the H200,

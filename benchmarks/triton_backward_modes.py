@@ -9,10 +9,10 @@ modes: deterministic (default) / atomic dQ, pointer loads / TMA descriptors. SDP
 2.5x the forward's 4·b·h·s²·d (halved when causal), the convention of issue 10's table.
 Each Triton mode is also checked against the default mode's gradients (max relative error).
 
-``--sweep``: d128 at 4k and 16k, full and causal, the default mode (deterministic, TMA) with
-each candidate launch configuration of one kernel while the other keeps its table entry (the
-two kernels run one after the other, so their times add), beside cuDNN and FA2 of the same
-run; then the best pair per shape. A candidate that does not fit is shrunk by ``_launch``, and
+``--sweep``: d128 and d64 at 4k and 16k, full and causal, the default mode (deterministic, TMA)
+with each candidate launch configuration of one kernel while the other keeps its table entry
+(the two kernels run one after the other, so their times add), beside cuDNN and FA2 of the
+same run; then the best pair per shape, deterministic and with atomic dQ. A candidate that does not fit is shrunk by ``_launch``, and
 the row says which configuration ran.
 """
 
@@ -63,71 +63,78 @@ def _sdpa_ms(q, k, v, do, causal, backend):
         lambda: torch.autograd.grad(o, (qt, kt, vt), dot, retain_graph=True))
 
 
-# (BLOCK_M, BLOCK_N, warps, stages): dK/dV streams BLOCK_M query rows past BLOCK_N resident
-# keys, dQ streams BLOCK_N keys past BLOCK_M resident query rows
+# (BLOCK_M, BLOCK_N, warps, stages) per head dim: dK/dV streams BLOCK_M query rows past BLOCK_N
+# resident keys, dQ streams BLOCK_N keys past BLOCK_M resident query rows; the first entry of
+# each list is the table's entry when the candidates were written
 SWEEP = {
-    "dkdv": [(32, 64, 8, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 128, 4, 3), (32, 128, 8, 2),
-             (64, 128, 8, 2), (16, 128, 4, 4)],
-    "dq": [(128, 64, 8, 2), (128, 32, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3),
-           (128, 64, 4, 2)],
+    128: {"dkdv": [(64, 128, 8, 2), (32, 64, 8, 2), (64, 64, 4, 3), (32, 128, 8, 2),
+                   (64, 128, 8, 3), (128, 128, 8, 2)],
+          "dq": [(64, 128, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]},
+    64: {"dkdv": [(64, 128, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (64, 128, 8, 2),
+                  (128, 128, 8, 2), (32, 128, 4, 3)],
+         "dq": [(128, 128, 8, 3), (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 3)]},
 }
 
 
 def sweep():
     from anyattn.kernels import triton_backward as tb
 
-    d, h = 128, 16
     table = []
-    for s in (4096, 16384):
-        b = 16384 // s
-        for causal in (False, True):
-            q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16)
-                       for _ in range(3))
-            o = torch.empty_like(q)
-            lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
-            flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
-            do = torch.randn_like(o)
-            shape = f"d{d} s{s} b{b} {'causal' if causal else 'full'}"
-            base_cfg = tb.backward_config(d, d, q.dtype, q.device, tma=True)
-            anchors = {be: _tflops(_sdpa_ms(q, k, v, do, causal, be), b, h, s, d, causal)
-                       for be in ("CUDNN_ATTENTION", "FLASH_ATTENTION")}
-            ref = _runner(do, q, k, v, o, lse, causal)()
-            best = {}
-            for kern, cands in SWEEP.items():
-                for cand in cands:
-                    run = _runner(do, q, k, v, o, lse, causal, dict(base_cfg, **{kern: cand}))
-                    try:
-                        err = _max_rel(run(), ref)
-                        tf = _tflops(triton.testing.do_bench(run), b, h, s, d, causal)
-                        ran = [c for kk, c in tb._FITTED.items()
-                               if kk[0] == kern and kk[-1] == tuple(cand)]
-                        note = f" (ran {ran[0]})" if ran and tuple(ran[0]) != tuple(cand) else ""
-                        row = f"{tf:6.0f} TFLOP/s  err {err:.1e}{note}"
-                        if err < 1e-2 and tf > best.get(kern, (0, None))[0]:
-                            best[kern] = (tf, cand)
-                    except Exception as exc:  # noqa: BLE001 - report and go on
-                        row = f"ERR {type(exc).__name__}: {str(exc)[:120]}"
-                    print(f"{shape}  {kern:4s} {str(cand):18s} {row}", flush=True)
-            pair = dict(base_cfg, dkdv=best.get("dkdv", (0, base_cfg["dkdv"]))[1],
-                        dq=best.get("dq", (0, base_cfg["dq"]))[1])
-            tf_pair = _tflops(triton.testing.do_bench(_runner(do, q, k, v, o, lse, causal, pair)),
-                              b, h, s, d, causal)
-            tf_table = _tflops(triton.testing.do_bench(_runner(do, q, k, v, o, lse, causal)),
-                               b, h, s, d, causal)
-            table.append((shape, tf_table, tf_pair, pair["dkdv"], pair["dq"],
-                          anchors["CUDNN_ATTENTION"], anchors["FLASH_ATTENTION"]))
-            del q, k, v, o, lse, do, ref
-            torch.cuda.empty_cache()
-    print("\nbackward TFLOP/s (bf16, H·D = 2048): table config, best pair, cuDNN, FA2; ratios vs cuDNN")
-    for shape, t0, t1, kd, dq, cu, fa in table:
-        print(f"{shape:22s} table {t0:5.0f} ({t0 / cu:.2f})  best {t1:5.0f} ({t1 / cu:.2f}) "
-              f"dkdv={kd} dq={dq}  cudnn {cu:5.0f}  fa2 {fa:5.0f}")
+    for d, cands_of in SWEEP.items():
+        h = 2048 // d
+        for s in (4096, 16384):
+            b = 16384 // s
+            for causal in (False, True):
+                table.append(_sweep_shape(tb, cands_of, b, s, h, d, causal))
+    print("\nbackward TFLOP/s (bf16, H·D = 2048): table config, best pair (deterministic; atomic dQ), "
+          "cuDNN, FA2; ratios vs cuDNN")
+    for shape, t0, t1, ta, kd, dq, cu, fa in table:
+        print(f"{shape:22s} table {t0:5.0f} ({t0 / cu:.2f})  best {t1:5.0f} ({t1 / cu:.2f}; atomic "
+              f"{ta:5.0f}) dkdv={kd} dq={dq}  cudnn {cu:5.0f}  fa2 {fa:5.0f}")
+
+
+def _sweep_shape(tb, cands_of, b, s, h, d, causal):
+    """One shape: each kernel's candidates with the other kernel at its table entry, then the
+    best pair, deterministic and with atomic dQ."""
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    o = torch.empty_like(q)
+    lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+    flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
+    do = torch.randn_like(o)
+    shape = f"d{d} s{s} b{b} {'causal' if causal else 'full'}"
+    base_cfg = tb.backward_config(d, d, q.dtype, q.device, tma=True)
+    anchors = {be: _tflops(_sdpa_ms(q, k, v, do, causal, be), b, h, s, d, causal)
+               for be in ("CUDNN_ATTENTION", "FLASH_ATTENTION")}
+    ref = _runner(do, q, k, v, o, lse, causal)()
+    best = {}
+    for kern, cands in cands_of.items():
+        for cand in cands:
+            run = _runner(do, q, k, v, o, lse, causal, dict(base_cfg, **{kern: cand}))
+            try:
+                err = _max_rel(run(), ref)
+                tf = _tflops(triton.testing.do_bench(run), b, h, s, d, causal)
+                ran = [c for kk, c in tb._FITTED.items() if kk[0] == kern and kk[-1] == tuple(cand)]
+                note = f" (ran {ran[0]})" if ran and tuple(ran[0]) != tuple(cand) else ""
+                row = f"{tf:6.0f} TFLOP/s  err {err:.1e}{note}"
+                if err < 1e-2 and tf > best.get(kern, (0, None))[0]:
+                    best[kern] = (tf, cand)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                row = f"ERR {type(exc).__name__}: {str(exc)[:120]}"
+            print(f"{shape}  {kern:4s} {str(cand):18s} {row}", flush=True)
+    pair = dict(base_cfg, dkdv=best.get("dkdv", (0, base_cfg["dkdv"]))[1],
+                dq=best.get("dq", (0, base_cfg["dq"]))[1])
+    timed = [_tflops(triton.testing.do_bench(_runner(do, q, k, v, o, lse, causal, cfg)), b, h, s, d, causal)
+             for cfg in (None, pair, dict(pair, deterministic=False))]
+    del q, k, v, o, lse, do, ref
+    torch.cuda.empty_cache()
+    return (shape, *timed, pair["dkdv"], pair["dq"], anchors["CUDNN_ATTENTION"],
+            anchors["FLASH_ATTENTION"])
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="d128 at 4k and 16k only")
-    ap.add_argument("--sweep", action="store_true", help="launch configurations at d128")
+    ap.add_argument("--sweep", action="store_true", help="launch configurations at d128 and d64")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.sweep:

@@ -133,24 +133,33 @@ def device_family(req: Request) -> str:
     return "pre_ampere"
 
 
-# Training: anyattn's Triton backward measured 105-172 TFLOP/s on the H200 (bf16, d128, 4k-16k)
-# against cuDNN's 471-552 and FA2's (sdpa_flash) 273-314 (benchmarks/device_release.sh): with a
-# backward to run it goes after every other native kernel, and serves what they cannot (softcap,
-# sinks, ALiBi, varlen without flash-attn).
+# Training: with a backward to run, anyattn's Triton kernels go after the faster native
+# backwards, and serve what they cannot (softcap, sinks, ALiBi, varlen without flash-attn).
+# On Hopper the FA2 kernels (sdpa_flash, the flash-attn package) are not among the faster ones:
+# forward+backward on the H200 (bf16, b*s = 16k, h*d = 2048, docs/PERF.md §S and §T), d64:
+# triton 263-337 TFLOP/s against sdpa_flash's 256-294 on all four rows of `anyattn bench`; d128:
+# triton's backward alone 283-372 (sweep) against FA2's 271-315, its forward 411-498 against
+# 301-346. Elsewhere the Triton backward is unmeasured and ranks after all of them.
 _SLOW_BACKWARD = ("triton",)
 _TRAINING_FIRST = ("flash_attn_4", "flash_attn_3", "flash_attn", "flashinfer", "sdpa_cudnn", "sdpa_flash",
                    "xformers")
+_TRAINING_FIRST_BY_FAMILY = {
+    "hopper": tuple(n for n in _TRAINING_FIRST if n not in ("flash_attn", "sdpa_flash")),
+}
 
 
 def auto_order(req: Request) -> list[str]:
-    order = AUTO_ORDER[device_family(req)][req.op]
+    family = device_family(req)
+    order = AUTO_ORDER[family][req.op]
     if req.grad and req.device_type == "cuda":
         slow = [n for n in _SLOW_BACKWARD if n in order]
         rest = [n for n in order if n not in slow]
-        fast = [rest.index(n) for n in _TRAINING_FIRST if n in rest]
-        # after the fast native backwards, but before Flex and the gathering fallbacks (Flex's
-        # compiled backward failed under gradient checkpointing on the H200: CheckpointError)
-        at = min(max(fast, default=-1) + 1, rest.index("flex") if "flex" in rest else len(rest))
+        first = _TRAINING_FIRST_BY_FAMILY.get(family, _TRAINING_FIRST)
+        # after the fast native backwards ranked before Flex, and before Flex and the gathering
+        # fallbacks (Flex's compiled backward failed under gradient checkpointing on the H200:
+        # CheckpointError)
+        flex_at = rest.index("flex") if "flex" in rest else len(rest)
+        at = max([rest.index(n) for n in first if n in rest and rest.index(n) < flex_at], default=-1) + 1
         if slow and any(order.index(s_) < at for s_ in slow):
             order = rest[:at] + slow + rest[at:]
     # Backends without a rank here (plain `sdpa`, plugins) are still evaluated and explained.

@@ -227,3 +227,20 @@ def test_gpu_only_backends_say_so_on_cpu():
     by_name = {c.name: c for c in d.candidates}
     for name in ("flash_attn", "flash_attn_3", "sdpa_cudnn", "sdpa_efficient"):
         assert by_name[name].reasons == ["runs on cuda, not cpu"], by_name[name].reasons
+
+
+def test_training_ranks_triton_by_its_measured_backward():
+    """Hopper: the Triton backward measured faster than the FA2 kernels (H200, docs/PERF.md §S/§T),
+    so training keeps it ahead of sdpa_flash and the flash-attn package, behind FA4 and cuDNN.
+    Elsewhere it is unmeasured and goes after every native backward."""
+    from anyattn.selector import auto_order
+    from tests.test_vendor_adapters import req
+
+    hopper = auto_order(req(cap=(9, 0), grad=True))
+    assert hopper.index("sdpa_cudnn") < hopper.index("triton") < hopper.index("sdpa_flash")
+    assert hopper.index("triton") < hopper.index("flash_attn") and hopper.index("flash_attn_4") == 0
+    ampere = auto_order(req(cap=(8, 0), grad=True))
+    assert ampere.index("triton") > max(ampere.index(n) for n in ("flash_attn", "sdpa_flash", "sdpa_cudnn"))
+    assert ampere.index("triton") < ampere.index("flex")
+    # inference keeps the forward ranking everywhere
+    assert auto_order(req(cap=(8, 0))).index("triton") < auto_order(req(cap=(8, 0))).index("flash_attn_4")

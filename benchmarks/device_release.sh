@@ -3,6 +3,7 @@
 #   bash benchmarks/device_release.sh stash        # calls 1-2: keep the carried wheels in /tmp/wheels
 #   bash benchmarks/device_release.sh install      # join the split cu13 wheel, install ALL wheels at once
 #   bash benchmarks/device_release.sh fuzz         # >= 10,000 fuzzed cases, every backend but FlashInfer
+#   bash benchmarks/device_release.sh flexfuzz     # compiled FlexAttention alone, fuzzed (users' default on CUDA)
 #   bash benchmarks/device_release.sh tests        # every other GPU test but FlashInfer's (TESTS=paths)
 #   bash benchmarks/device_release.sh flashinfer   # FlashInfer's GPU tests (nvcc JIT: minutes), then its fuzz
 #   bash benchmarks/device_release.sh verify       # anyattn verify, timed
@@ -70,6 +71,18 @@ fuzz)
   cp /tmp/fuzz_counts.txt /tmp/fuzz_failures.txt "$OUT/" 2>/dev/null
   grep -E "^case:|output error|raised|lse error" /tmp/fuzz_failures.txt 2>/dev/null | cut -c1-300 | head -40
   python3 -m tests.test_fuzz --summary /tmp/fuzz_counts.txt 2>&1 | tee "$OUT/fuzz_summary.txt"
+  ;;
+flexfuzz)
+  # compiled FlexAttention on CUDA, what users get by default (the fuzz stage runs it eager to
+  # keep its compile time out of the count): a short fuzz of flex alone, compiled
+  ANYATTN_FLEX_COMPILE=1 ANYATTN_FUZZ_BACKENDS=flex ANYATTN_FUZZ_GPU_SECONDS=${FLEX_FUZZ_SECONDS:-120} \
+    ANYATTN_FUZZ_GPU_EXAMPLES=100000 ANYATTN_FUZZ_LOG=/tmp/fuzz_counts_flex.txt \
+    ANYATTN_FUZZ_FAILURES=/tmp/fuzz_failures_flex.txt $STOP $(( ${FLEX_FUZZ_SECONDS:-120} + 90 )) \
+    $PYTEST --timeout=$(( ${FLEX_FUZZ_SECONDS:-120} + 60 )) tests/test_fuzz.py -n 6 -k "test_fuzz_gpu and not counts" \
+    > "$OUT/pytest_fuzz_flex.log" 2>&1
+  echo "flex fuzz exit: $?"; cp /tmp/fuzz_counts_flex.txt /tmp/fuzz_failures_flex.txt "$OUT/" 2>/dev/null
+  grep -E "^case:|output error|raised|lse error" /tmp/fuzz_failures_flex.txt 2>/dev/null | cut -c1-300 | head -20
+  python3 -m tests.test_fuzz --summary /tmp/fuzz_counts_flex.txt
   ;;
 tests)
   # every other GPU test (launch plans verified against Triton's own specialisation)
@@ -144,6 +157,6 @@ models)
   echo "hf_bench exit: $?"; tail -n 60 "$OUT/hf_bench.log"
   ;;
 *)
-  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz tests sweep flashinfer verify bench models)"; exit 2;;
+  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz flexfuzz tests sweep flashinfer verify bench models)"; exit 2;;
 esac
 done

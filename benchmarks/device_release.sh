@@ -76,6 +76,7 @@ flexfuzz)
   # compiled FlexAttention on CUDA, what users get by default (the fuzz stage runs it eager to
   # keep its compile time out of the count): a short fuzz of flex alone, compiled
   ANYATTN_FLEX_COMPILE=1 ANYATTN_FUZZ_BACKENDS=flex ANYATTN_FUZZ_GPU_SECONDS=${FLEX_FUZZ_SECONDS:-120} \
+    ANYATTN_FUZZ_GPU_UNTIL=$(( $(date +%s) + ${FLEX_FUZZ_SECONDS:-120} + 20 )) \
     ANYATTN_FUZZ_GPU_EXAMPLES=100000 ANYATTN_FUZZ_LOG=/tmp/fuzz_counts_flex.txt \
     ANYATTN_FUZZ_FAILURES=/tmp/fuzz_failures_flex.txt $STOP $(( ${FLEX_FUZZ_SECONDS:-120} + 90 )) \
     $PYTEST --timeout=$(( ${FLEX_FUZZ_SECONDS:-120} + 60 )) tests/test_fuzz.py -n 6 -k "test_fuzz_gpu and not counts" \

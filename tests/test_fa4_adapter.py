@@ -126,6 +126,40 @@ def flash_attn_varlen_func(q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=Non
                     _opts(softmax_scale, causal, window_size, softcap, learnable_sink))
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, learnable_sink))
     return o, (l if (return_lse or grad) else None)
+
+
+BWD_SKEW = 1.0  # a test sets it to make the stand-in's private backward wrong
+
+
+def _flash_attn_bwd(q, k, v, out, dout, lse, softmax_scale=None, causal=False, softcap=0.0,
+                    window_size_left=None, window_size_right=None, m_block_size=64, n_block_size=128,
+                    num_threads=256, pack_gqa=False, num_stages_Q=2, num_stages_dO=2, SdP_swapAB=False,
+                    dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=2, AtomLayoutNdKV=2, AtomLayoutMdQ=2,
+                    V_in_regs=False, cu_seqlens_q=None, cu_seqlens_k=None, seqused_q=None, seqused_k=None,
+                    max_seqlen_q=None, max_seqlen_k=None, deterministic=False, dq=None, dk=None, dv=None,
+                    score_mod=None, score_mod_bwd=None, mask_mod=None, aux_tensors=None, aux_scalars=None,
+                    block_sparse_tensors=None, dlse=None, learnable_sink=None):
+    # what 4.0.0b36 asserts and needs: the saved lse, a unit-stride dout, the forward's window form
+    CALLS.append(("_flash_attn_bwd", dict(q=q, out=out, dout=dout, lse=lse, softmax_scale=softmax_scale,
+                                          causal=causal, softcap=softcap,
+                                          window=(window_size_left, window_size_right), dlse=dlse,
+                                          learnable_sink=learnable_sink, cu_seqlens_q=cu_seqlens_q,
+                                          max_seqlen_k=max_seqlen_k)))
+    assert lse is not None and dout.stride(-1) == 1 and lse.dtype == torch.float32
+    opts = _opts(softmax_scale, causal, (window_size_left, window_size_right), softcap, learnable_sink)
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        sink = None if learnable_sink is None else learnable_sink.detach().requires_grad_()
+        o, l = _compute(*leaves, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, None,
+                        dict(opts, sinks=sink))
+        outs, grads = [o], [dout]
+        if dlse is not None:
+            outs.append(l)
+            grads.append(dlse)
+        wrt = leaves + ([sink] if sink is not None else [])
+        got = torch.autograd.grad(outs, wrt, grads, allow_unused=True)
+    got = [torch.zeros_like(x) if g is None else g * BWD_SKEW for g, x in zip(got, wrt)]
+    return tuple(got)
 '''
 
 FA4_MODULES = ("flash_attn", "flash_attn.cute", "flash_attn.cute.interface", "flash_attn_2_cuda", "cutlass",
@@ -533,6 +567,75 @@ def test_hopper_ranks_fa4_first_for_dense_and_after_triton_for_paged():
     assert paged.index("triton") < paged.index("flash_attn_4")
     for fam in ("ampere", "blackwell"):
         assert "flash_attn_4" in AUTO_ORDER[fam]["attention"]
+
+
+def _bwd_case(b, varlen, gqa, feat):
+    gen = torch.Generator().manual_seed(7)
+    hq, hkv, d = 4, (2 if gqa else 4), 16
+    kw = dict(causal=feat.get("causal", False), scale=0.3, window=feat.get("window", (-1, -1)),
+              softcap=feat.get("softcap", 0.0), alibi_slopes=None,
+              sinks=torch.randn(hq, generator=gen) if feat.get("sinks") else None)
+    if varlen:
+        lens = [5, 0, 9]
+        cu = torch.tensor([0, 5, 5, 14], dtype=torch.int32)
+        q, k, v = (torch.randn(14, h, d, generator=gen) for h in (hq, hkv, hkv))
+        o, lse = b.varlen(q, k, v, cu, cu, max(lens), max(lens), **kw, return_lse=True, out=None)
+        go, gl = torch.randn_like(o), torch.randn_like(lse)
+        run = lambda: b.varlen_backward(go, gl, q, k, v, cu, cu, max(lens), max(lens), o, lse, **kw)  # noqa: E731
+        ref = lambda: REF.varlen_backward(go, gl, q, k, v, cu, cu, max(lens), max(lens), o, lse, **kw)  # noqa: E731
+    else:
+        q = torch.randn(2, 7, hq, d, generator=gen)
+        k, v = (torch.randn(2, 9, hkv, d, generator=gen) for _ in range(2))
+        o, lse = b.attention(q, k, v, **kw, return_lse=True, out=None)
+        go, gl = torch.randn_like(o).transpose(1, 2).contiguous().transpose(1, 2), torch.randn_like(lse)
+        run = lambda: b.attention_backward(go, gl, q, k, v, o, lse, **kw)  # noqa: E731
+        ref = lambda: REF.attention_backward(go, gl, q, k, v, o, lse, **kw)  # noqa: E731
+    return run, ref
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+@pytest.mark.parametrize("feat", [dict(causal=True), dict(window=(3, 0), softcap=5.0, sinks=True)],
+                         ids=["causal", "window-softcap-sinks"])
+def test_backward_from_saved_output_is_checked_once_then_used(fa4, varlen, feat):
+    """Under the custom ops FA4's backward runs from the saved out/lse: the first call of a
+    variant also runs FA4's autograd path and compares; later calls run the private backward alone."""
+    b, calls = fa4
+    assert b.backward_from_saved
+    run, ref = _bwd_case(b, varlen, gqa=True, feat=feat)
+    for round_ in range(2):
+        calls().clear()
+        got, want = run(), ref()
+        for name, g, w in zip(("dq", "dk", "dv", "dsinks"), got, want):
+            assert (g is None) == (w is None), name
+            if w is not None:
+                close(g, w, 1e-4)
+        names = [c[0] for c in calls()]
+        fwd = "flash_attn_varlen_func" if varlen else "flash_attn_func"
+        assert names.count("_flash_attn_bwd") == 1
+        assert (fwd in names) == (round_ == 0), names  # the check recomputes on the first call only
+    call = next(c[1] for c in calls() if c[0] == "_flash_attn_bwd")
+    assert call["dlse"] is not None and call["softmax_scale"] == 0.3
+    assert call["window"] == ((3, 0) if "window" in feat else (None, None))
+    assert (call["learnable_sink"] is not None) == bool(feat.get("sinks"))
+    assert (call["cu_seqlens_q"] is not None) == varlen
+
+
+def test_backward_from_saved_output_that_disagrees_falls_back_for_good(fa4, caplog):
+    import logging
+
+    b, calls = fa4
+    b.lib.BWD_SKEW = 1.5
+    run, ref = _bwd_case(b, False, gqa=False, feat=dict(causal=True))
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        first = run()
+    for g, w in zip(first[:3], ref()[:3]):  # the checked (recomputed) answer is returned
+        close(g, w, 1e-4)
+    assert any("differed from its autograd path" in r.getMessage() for r in caplog.records)
+    calls().clear()
+    again = run()
+    for g, w in zip(again[:3], ref()[:3]):
+        close(g, w, 1e-4)
+    assert "_flash_attn_bwd" not in [c[0] for c in calls()], "the variant keeps the recompute path"
 
 
 def test_misaligned_out_is_copied_not_handed_to_the_kernel(fa4):

@@ -221,6 +221,49 @@ def test_backward(name, op, feat):
         assert rel_err(g, w) < 2e-2, f"{name} {op} {feat}: {label} relative error {rel_err(g, w):.3g}"
 
 
+@pytest.mark.parametrize("feat", ["causal", "gqa", "window_both", "softcap", "sinks", "everything"])
+@pytest.mark.parametrize("op", ["attention", "varlen"])
+@pytest.mark.parametrize("name", VENDOR)
+def test_backward_from_saved_output(name, op, feat):
+    """What the custom ops (torch.compile) run for a backend that sets ``backward_from_saved``:
+    its backward from the saved out/lse, twice (the first call also checks it against the
+    backend's own autograd path), against the reference's gradients; the check must pass here."""
+    b = _backend_or_skip(name)
+    if not b.backward_from_saved:
+        pytest.skip(f"{name} recomputes its forward for the backward")
+    dt, dev = torch.bfloat16, DEV
+    hkv = 2 if FEATURES[feat].get("gqa") else 8
+    opts, _ = _options(feat, 8, dev)
+    opts.pop("return_lse")
+    g = torch.Generator(device="cpu").manual_seed(5)
+    if op == "attention":
+        q, k, v = inputs.dense(b=2, sq=97, sk=131, hq=8, hkv=hkv, d=128, dtype=dt, device=dev, seed=21)
+        req = rq.dense_request(q, k, v, scale=None, out=None, return_lse=True, grad=True, **opts)[0]
+        lengths = ()
+    else:
+        lq, lk = [17, 0, 64, 5], [33, 4, 64, 40]
+        q, k, v, cq, ck = inputs.varlen(lq, lk, hq=8, hkv=hkv, d=128, dtype=dt, device=dev, seed=22)
+        req = rq.varlen_request(q, k, v, cq, ck, max(lq), max(lk), scale=None, out=None, return_lse=True,
+                                grad=True, **opts)[0]
+        lengths = (cq, ck, max(lq), max(lk))
+    _skip_unless_claimed(b, req)
+    kw = dict(opts, scale=128 ** -0.5)
+    o, lse = getattr(b, op)(q, k, v, *lengths, **kw, return_lse=True, out=None)
+    wo, wl = getattr(REF, op)(q, k, v, *lengths, **kw, return_lse=True, out=None)
+    go = torch.randn(o.shape, generator=g).to(dev, dt)
+    gl = torch.randn(lse.shape, generator=g).to(dev) * 0.5 if feat in ("everything",) else None
+    want = getattr(REF, op + "_backward")(go, gl, q, k, v, *lengths, wo, wl, **kw)
+    for round_ in range(2):
+        got = getattr(b, op + "_backward")(go, gl, q, k, v, *lengths, o, lse, **kw)
+        for label, x, w in zip(("dq", "dk", "dv", "dsinks"), got, want):
+            if w is None:
+                continue
+            assert torch.isfinite(x).all(), f"{label} has non-finite values"
+            assert rel_err(x.float(), w.float()) < 2e-2, f"{name} {op} {feat} call {round_}: {label}"
+    checks = getattr(b, "_saved_bwd_ok", {})
+    assert checks and all(checks.values()), f"the saved-output backward differed from autograd's: {checks}"
+
+
 HEAD_DIMS = ((64, 64), (96, 96), (256, 256), (192, 128), (128, 64))
 
 

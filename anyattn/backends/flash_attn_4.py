@@ -46,8 +46,10 @@ present is decided by ``flash_attn_2_cuda`` (see ``flash_attn.py``).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import logging
 import os
 import time
 import warnings
@@ -69,6 +71,25 @@ _AUX_DATA_WARNING = r"Argument aux_data \(position \d+\) cannot be converted to 
 MEASURED_IMPORT_S = 7.9  # `import flash_attn.cute` on the H200 (issue 8)
 MEASURED_JIT_S = (1.6, 3.8)  # first call of one variant on the H200
 _SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: what the private backward must take for the saved-tensor path (4.0.0b36 has them all)
+_BWD_PARAMS = ("dlse", "learnable_sink", "window_size_left", "window_size_right", "cu_seqlens_q", "max_seqlen_k")
+log = logging.getLogger("anyattn")
+
+
+def _same_grads(got, want, rtol=2e-2) -> bool:
+    """Whether two (dq, dk, dv, dsinks) agree: FA4's backward adds dQ with atomics, so two runs
+    of the same kernel differ in the last bits, not more."""
+    for g, w in zip(got, want):
+        if w is None or g is None:
+            if (w is None) != (g is None):
+                return False
+            continue
+        if g.shape != w.shape:
+            return False
+        diff, ref = (g.float() - w.float()).norm(), w.float().norm()
+        if not bool(torch.isfinite(diff)) or float(diff) > rtol * float(ref) + 1e-6:
+            return False
+    return True
 
 
 def _sm90_tile_class(head_dim: int) -> int:
@@ -186,6 +207,9 @@ class FlashAttn4Backend(V.VendorBackend):
         self.import_seconds: float | None = None
         self._first_calls: dict[tuple, float] = {}  # kernel variant -> host seconds of its first call
         self._direct_out: bool | None = None  # does this build's _flash_attn_fwd take out=?
+        # backward variant -> whether FA4's backward from the saved (out, lse), as anyattn calls
+        # it, matched FA4's own autograd path on its first use (None: not yet checked)
+        self._saved_bwd_ok: dict[tuple, bool] = {}
 
     # -- availability: files and metadata only; the 8 s import waits for the first call ----------
     def _probe(self) -> Availability:
@@ -305,6 +329,9 @@ class FlashAttn4Backend(V.VendorBackend):
                        "(7-9 % of copy bandwidth at batch 1 x 32k measured)")
         if req.out:
             out.append("out= is written by the kernel when no backward is needed; copied otherwise")
+        if req.grad and req.op != "paged":
+            out.append("under torch.compile the backward runs FA4's kernel from the saved output and lse (each "
+                       "variant checked once against FA4's own autograd path, which recomputes the forward)")
         return out
 
     # -- ops --------------------------------------------------------------------------------------
@@ -359,6 +386,59 @@ class FlashAttn4Backend(V.VendorBackend):
         if not direct:
             o = V.write_out(o, out)
         return o, (lse if return_lse else None)
+
+    # -- backward under the custom ops (torch.compile): FA4's kernel from the saved out and lse ------
+    # The default would run FA4's forward again under autograd (a quarter of a training step's
+    # attention time at FA4's speeds). The private backward is what FA4's own autograd Function
+    # calls; how anyattn calls it is checked once per variant against that Function (the
+    # recompute path), and a variant that differs keeps the recompute path, with a WARNING.
+    backward_from_saved = True
+
+    def attention_backward(self, grad_out, grad_lse, q, k, v, out, lse, *, causal, scale, window, softcap,
+                           alibi_slopes, sinks):
+        recompute = functools.partial(super().attention_backward, grad_out, grad_lse, q, k, v, out, lse,
+                                      causal=causal, scale=scale, window=window, softcap=softcap,
+                                      alibi_slopes=alibi_slopes, sinks=sinks)
+        variant = ("attention", q.dtype, q.shape[-1], v.shape[-1], q.shape[2] // max(k.shape[2], 1), causal,
+                   _window(window) != (None, None), softcap > 0, sinks is not None, grad_lse is not None)
+        return self._from_saved(variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
+                                window, softcap, sinks, {})
+
+    def varlen_backward(self, grad_out, grad_lse, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                        max_seqlen_k, out, lse, *, causal, scale, window, softcap, alibi_slopes, sinks):
+        recompute = functools.partial(super().varlen_backward, grad_out, grad_lse, q, k, v, cu_seqlens_q,
+                                      cu_seqlens_k, max_seqlen_q, max_seqlen_k, out, lse, causal=causal,
+                                      scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
+                                      sinks=sinks)
+        variant = ("varlen", q.dtype, q.shape[-1], v.shape[-1], q.shape[1] // max(k.shape[1], 1), causal,
+                   _window(window) != (None, None), softcap > 0, sinks is not None, grad_lse is not None)
+        lengths = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+                       max_seqlen_k=max_seqlen_k)
+        return self._from_saved(variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
+                                window, softcap, sinks, lengths)
+
+    def _from_saved(self, variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale, window,
+                    softcap, sinks, lengths):
+        fn = getattr(self.lib, "_flash_attn_bwd", None)
+        checked = self._saved_bwd_ok.get(variant)
+        if checked is False or lse is None or fn is None or not all(V.accepts(fn, p) for p in _BWD_PARAMS):
+            return recompute()
+        left, right = _window(window)
+        res = fn(q, k, v, out, grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous(), lse,
+                 softmax_scale=scale, causal=causal, softcap=softcap, window_size_left=left,
+                 window_size_right=right, dlse=grad_lse,
+                 learnable_sink=None if sinks is None else (sinks if sinks.dtype in _SINK_DTYPES else sinks.float()),
+                 **lengths)
+        got = (res[0], res[1], res[2], res[3] if sinks is not None and len(res) > 3 else None)
+        if checked is None:
+            want = recompute()
+            self._saved_bwd_ok[variant] = same = _same_grads(got, want)
+            if not same:
+                log.warning("anyattn: FlashAttention-4's backward from the saved output differed from its "
+                            "autograd path for %s %s; this variant recomputes the forward instead", variant[0],
+                            variant[1:])
+                return want
+        return got
 
     def paged(self, q, k_cache, v_cache, block_table, seqused_k, *, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
               causal, scale, window, softcap, alibi_slopes, sinks, return_lse, out):

@@ -638,6 +638,25 @@ def test_backward_from_saved_output_that_disagrees_falls_back_for_good(fa4, capl
     assert "_flash_attn_bwd" not in [c[0] for c in calls()], "the variant keeps the recompute path"
 
 
+def test_backward_from_saved_output_that_raises_falls_back(fa4, caplog):
+    import logging
+
+    b, calls = fa4
+
+    def broken(*a, dlse=None, learnable_sink=None, window_size_left=None, window_size_right=None,
+               cu_seqlens_q=None, max_seqlen_k=None, **kw):
+        raise AssertionError("a changed private API")
+
+    b.lib._flash_attn_bwd = broken
+    run, ref = _bwd_case(b, False, gqa=True, feat=dict(causal=True))
+    with caplog.at_level(logging.WARNING, logger="anyattn"):
+        got = run()
+    for g, w in zip(got[:3], ref()[:3]):
+        close(g, w, 1e-4)
+    assert any("raised AssertionError: a changed private API" in r.getMessage() for r in caplog.records)
+    assert False in b._saved_bwd_ok.values()
+
+
 def test_misaligned_out_is_copied_not_handed_to_the_kernel(fa4):
     b, calls = fa4
     q, k, v = inputs.dense(b=1, sq=4, sk=4, hq=2, hkv=2, d=8, dtype=torch.bfloat16)

@@ -424,11 +424,20 @@ class FlashAttn4Backend(V.VendorBackend):
         if checked is False or lse is None or fn is None or not all(V.accepts(fn, p) for p in _BWD_PARAMS):
             return recompute()
         left, right = _window(window)
-        res = fn(q, k, v, out, grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous(), lse,
-                 softmax_scale=scale, causal=causal, softcap=softcap, window_size_left=left,
-                 window_size_right=right, dlse=grad_lse,
-                 learnable_sink=None if sinks is None else (sinks if sinks.dtype in _SINK_DTYPES else sinks.float()),
-                 **lengths)
+        try:
+            res = fn(q, k, v, out, grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous(), lse,
+                     softmax_scale=scale, causal=causal, softcap=softcap, window_size_left=left,
+                     window_size_right=right, dlse=grad_lse,
+                     learnable_sink=None if sinks is None else (sinks if sinks.dtype in _SINK_DTYPES
+                                                                else sinks.float()),
+                     **lengths)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a private API that changed: the public path still works
+            self._saved_bwd_ok[variant] = False
+            log.warning("anyattn: FlashAttention-4's backward from the saved output raised %s for %s %s; this "
+                        "variant recomputes the forward instead", V.one_line(exc), variant[0], variant[1:])
+            return recompute()
         got = (res[0], res[1], res[2], res[3] if sinks is not None and len(res) > 3 else None)
         if checked is None:
             want = recompute()

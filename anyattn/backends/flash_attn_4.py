@@ -210,6 +210,7 @@ class FlashAttn4Backend(V.VendorBackend):
         # backward variant -> whether FA4's backward from the saved (out, lse), as anyattn calls
         # it, matched FA4's own autograd path on its first use (None: not yet checked)
         self._saved_bwd_ok: dict[tuple, bool] = {}
+        self._saved_bwd_fn = None  # the private backward when it takes what anyattn passes, else False
 
     # -- availability: files and metadata only; the 8 s import waits for the first call ----------
     def _probe(self) -> Availability:
@@ -419,9 +420,12 @@ class FlashAttn4Backend(V.VendorBackend):
 
     def _from_saved(self, variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale, window,
                     softcap, sinks, lengths):
-        fn = getattr(self.lib, "_flash_attn_bwd", None)
+        if self._saved_bwd_fn is None:  # read the private backward's signature once
+            fn = getattr(self.lib, "_flash_attn_bwd", None)
+            self._saved_bwd_fn = fn if fn is not None and all(V.accepts(fn, p) for p in _BWD_PARAMS) else False
+        fn = self._saved_bwd_fn
         checked = self._saved_bwd_ok.get(variant)
-        if checked is False or lse is None or fn is None or not all(V.accepts(fn, p) for p in _BWD_PARAMS):
+        if checked is False or lse is None or fn is False:
             return recompute()
         left, right = _window(window)
         try:

@@ -275,6 +275,20 @@ def test_verify_passes_real_cpu_backends_and_marks_what_they_do_not_serve():
         assert by[key]["status"] == "pass" and by[key]["error"] < 1e-5, by[key]
 
 
+@pytest.mark.parametrize("device,head_dim", [("cpu", 64), ("cuda", 128)])
+def test_verify_cells_use_the_head_dim_of_their_device(monkeypatch, device, head_dim):
+    """On CUDA the cells use head dim 128 (what models and the GPU suite compile for JIT backends)."""
+    seen = []
+
+    def fake_cases(*args, **kw):
+        seen.append(kw["head_dim"])
+        raise RuntimeError("no inputs needed")
+
+    monkeypatch.setattr(verify, "cases", fake_cases)
+    r = verify.verify_cell("sdpa_math", "attention", torch.float32, "plain", device)
+    assert r.status == "n/a" and seen == [head_dim]
+
+
 def test_verify_budget_skips_and_does_not_store_skips(flaky):
     flaky(wrong=2.0)
     summary = verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32], budget_s=0.0)

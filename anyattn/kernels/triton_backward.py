@@ -528,8 +528,10 @@ def _bwd_pre_kernel(O, DO, LSE, DLSE, LSE2, DELTA,
 
 #: sm90 + descriptors, head dims 65-128: measured on the H200 (bf16, d128, 4k and 16k, full and
 #: causal; ``benchmarks/triton_backward_modes.py --sweep``): 283-372 TFLOP/s against 161-172 for
-#: the spill-minimising (32, 64, 8, 2) / (128, 64, 8, 2) it replaces. The 64-query dK/dV step
-#: gives each of the two warp groups a full 64-row wgmma; dQ gains 2-5 % from 64 x 128.
+#: the spill-minimising (32, 64, 8, 2) / (128, 64, 8, 2) it replaces. In the dK/dV kernel the
+#: resident keys are the rows of every product: 128 of them give each of the 8 warps' two warp
+#: groups a 64-row wgmma tile (64 keys gave them 32), and 64-query steps double each product's
+#: width; (64, 64, 4, 3), one warp group of 64 rows, came close (249-331). dQ gains 2-5 %.
 SM90_TMA_D128 = dict(dkdv=(64, 128, 8, 2), dq=(64, 128, 4, 3))
 
 

@@ -393,6 +393,8 @@ class FlashAttn4Backend(V.VendorBackend):
     # attention time at FA4's speeds). The private backward is what FA4's own autograd Function
     # calls; how anyattn calls it is checked once per variant against that Function (the
     # recompute path), and a variant that differs keeps the recompute path, with a WARNING.
+    # Once per variant suffices because nothing depends on the data: the out and lse it gets are
+    # FA4's own, unmodified (this adapter passes FA4's lse through), as its Function saves them.
     backward_from_saved = True
 
     def attention_backward(self, grad_out, grad_lse, q, k, v, out, lse, *, causal, scale, window, softcap,

@@ -253,6 +253,7 @@ def test_backward_from_saved_output(name, op, feat):
     go = torch.randn(o.shape, generator=g).to(dev, dt)
     gl = torch.randn(lse.shape, generator=g).to(dev) * 0.5 if feat in ("everything",) else None
     want = getattr(REF, op + "_backward")(go, gl, q, k, v, *lengths, wo, wl, **kw)
+    before = dict(getattr(b, "_saved_bwd_ok", {}))  # the backend object is shared by the tests
     for round_ in range(2):
         got = getattr(b, op + "_backward")(go, gl, q, k, v, *lengths, o, lse, **kw)
         for label, x, w in zip(("dq", "dk", "dv", "dsinks"), got, want):
@@ -261,7 +262,8 @@ def test_backward_from_saved_output(name, op, feat):
             assert torch.isfinite(x).all(), f"{label} has non-finite values"
             assert rel_err(x.float(), w.float()) < 2e-2, f"{name} {op} {feat} call {round_}: {label}"
     checks = getattr(b, "_saved_bwd_ok", {})
-    assert checks and all(checks.values()), f"the saved-output backward differed from autograd's: {checks}"
+    mine = {key: ok for key, ok in checks.items() if key not in before}
+    assert checks and all(mine.values()), f"the saved-output backward differed from autograd's: {mine}"
 
 
 HEAD_DIMS = ((64, 64), (96, 96), (256, 256), (192, 128), (128, 64))

@@ -93,12 +93,12 @@ def sweep():
               f"{ta:5.0f}) dkdv={kd} dq={dq}  cudnn {cu:5.0f}  fa2 {fa:5.0f}")
 
 
-def _sweep_shape(tb, cands_of, b, s, h, d, causal):
+def _sweep_shape(tb, cands_of, b, s, h, d, causal, device="cuda", dtype=torch.bfloat16):
     """One shape: each kernel's candidates with the other kernel at its table entry, then the
     best pair, deterministic and with atomic dQ."""
-    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
     o = torch.empty_like(q)
-    lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
+    lse = torch.empty(b, h, s, device=device, dtype=torch.float32)
     flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
     do = torch.randn_like(o)
     shape = f"d{d} s{s} b{b} {'causal' if causal else 'full'}"

@@ -718,6 +718,11 @@ def _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slo
     grid = (cdiv(grid_m, BM), Hq, B)
     BD = max(16, next_pow2(D))
     BDV = max(16, next_pow2(Dv))
+    if cfg.get("PAD_DV") and BDV < BD and not tma:
+        # experiment (config={"PAD_DV": True}): the value tile as wide as the query tile, its
+        # extra columns masked, to tell whether the sm90 Dv < D bug follows BLOCK_DV < BLOCK_D
+        # (tests/kernels/test_triton_gpu.py::test_smaller_value_head_dim)
+        BDV = BD
     # every parameter of _fwd_kernel, positionally (the order of its signature)
     args = (
         q, k, v, out, lse if lse is not None else out,

@@ -74,6 +74,7 @@ _SINK_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: what the private backward must take for the saved-tensor path (4.0.0b36 has them all)
 _BWD_PARAMS = ("dlse", "learnable_sink", "window_size_left", "window_size_right", "cu_seqlens_q", "max_seqlen_k")
 log = logging.getLogger("anyattn")
+_OOM = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5: CUDA's only
 
 
 def _same_grads(got, want, rtol=2e-2) -> bool:
@@ -390,9 +391,10 @@ class FlashAttn4Backend(V.VendorBackend):
 
     # -- backward under the custom ops (torch.compile): FA4's kernel from the saved out and lse ------
     # The default would run FA4's forward again under autograd (about a fifth of a training
-    # step's attention time at FA4's H200 speeds: forward 629, backward 625 TFLOP/s at d128). The private backward is what FA4's own autograd Function
-    # calls; how anyattn calls it is checked once per variant against that Function (the
-    # recompute path), and a variant that differs keeps the recompute path, with a WARNING.
+    # step's attention time at FA4's H200 speeds: forward 629, backward 625 TFLOP/s at d128).
+    # The private backward is what FA4's own autograd Function calls; how anyattn calls it is
+    # checked once per variant against that Function (the recompute path), and a variant that
+    # differs keeps the recompute path, with a WARNING.
     # Once per variant suffices because nothing depends on the data: the out and lse it gets are
     # FA4's own, unmodified (this adapter passes FA4's lse through), as its Function saves them.
     backward_from_saved = True
@@ -437,7 +439,7 @@ class FlashAttn4Backend(V.VendorBackend):
                      learnable_sink=None if sinks is None else (sinks if sinks.dtype in _SINK_DTYPES
                                                                 else sinks.float()),
                      **lengths)
-        except torch.OutOfMemoryError:
+        except _OOM:
             raise
         except Exception as exc:  # noqa: BLE001 - a private API that changed: the public path still works
             self._saved_bwd_ok[variant] = False

@@ -159,7 +159,7 @@ def auto_order(req: Request) -> list[str]:
         # fallbacks (Flex's compiled backward failed under gradient checkpointing on the H200:
         # CheckpointError)
         flex_at = rest.index("flex") if "flex" in rest else len(rest)
-        at = max([rest.index(n) for n in first if n in rest and rest.index(n) < flex_at], default=-1) + 1
+        at = max((i + 1 for i, n in enumerate(rest[:flex_at]) if n in first), default=0)
         if slow and any(order.index(s_) < at for s_ in slow):
             order = rest[:at] + slow + rest[at:]
     # Backends without a rank here (plain `sdpa`, plugins) are still evaluated and explained.
@@ -636,7 +636,7 @@ def run_preference(req: Request, raw, source, call):
 
 
 def _recover(key, req, raw, source, call, failed, first_exc):
-    from .backends.base import CallDeclined, one_line
+    from .backends.base import CallDeclined
 
     if isinstance(first_exc, CallDeclined):
         return _serve_declined(key, req, raw, source, call, failed, first_exc)
@@ -645,15 +645,11 @@ def _recover(key, req, raw, source, call, failed, first_exc):
     tried = []
     exc = first_exc
     while True:
-        reason = f"failed at run time on this machine: {one_line(exc)}"
-        _runtime_failures[(req, failed.name)] = reason
-        tried.append(f"{failed.name} ({one_line(exc)})")
-        _cache.pop(key, None)
+        _record_failure(key, req, failed.name, exc, tried)
         try:
             backend = select_preference(req, raw, source)
         except NoBackendError:
-            log.warning("anyattn: %s failed for %s and no other backend can serve it", ", ".join(tried),
-                        req.describe())
+            _warn_unserved(req, tried)
             raise first_exc from None
         try:
             result = call(backend)
@@ -670,6 +666,21 @@ def _recover(key, req, raw, source, call, failed, first_exc):
         return result
 
 
+def _record_failure(key, req, name, exc, tried) -> str:
+    """``name`` failed at run time for ``req``: a cached reason for the signature, its entry in
+    ``tried`` (for the WARNING) and the decision cache entry dropped; returns the reason."""
+    from .backends.base import one_line
+
+    reason = _runtime_failures[(req, name)] = f"failed at run time on this machine: {one_line(exc)}"
+    tried.append(f"{name} ({one_line(exc)})")
+    _cache.pop(key, None)
+    return reason
+
+
+def _warn_unserved(req, tried):
+    log.warning("anyattn: %s failed for %s and no other backend can serve it", ", ".join(tried), req.describe())
+
+
 def _warn_recovered(req, tried, name):
     """One WARNING per signature: what failed at run time and what serves it instead."""
     if tried and req not in _warned:
@@ -683,7 +694,7 @@ def _serve_declined(key, req, raw, source, call, declined, exc, tried=()):
     in the same decision serves it, and nothing is recorded, since the next call of the signature
     may well suit the first backend again. A strict name raises ``NoBackendError`` with the reason.
     ``tried``: real run-time failures met before (recovery's), named in its WARNING."""
-    from .backends.base import CallDeclined, one_line
+    from .backends.base import CallDeclined
 
     decision = decide(req, _parsed(raw, source), source, prepare=True)
     names = [c.name for c in decision.candidates if c.status in ("chosen", "usable")]
@@ -701,10 +712,7 @@ def _serve_declined(key, req, raw, source, call, declined, exc, tried=()):
         except Exception as nxt:  # noqa: BLE001 - a real failure of the next one: recorded, as in recovery
             if _not_recoverable(nxt):
                 raise
-            reason = f"failed at run time on this machine: {one_line(nxt)}"
-            _runtime_failures[(req, name)] = refused[name] = reason
-            tried.append(f"{name} ({one_line(nxt)})")
-            _cache.pop(key, None)
+            refused[name] = _record_failure(key, req, name, nxt, tried)
             continue
         _warn_recovered(req, tried, backend.name)
         return result
@@ -713,8 +721,7 @@ def _serve_declined(key, req, raw, source, call, declined, exc, tried=()):
             c.status, c.reasons = "rejected", [refused[c.name]]
     decision.chosen = None
     if tried:
-        log.warning("anyattn: %s failed for %s and no other backend can serve it", ", ".join(tried),
-                    req.describe())
+        _warn_unserved(req, tried)
     raise NoBackendError(decision) from exc
 
 

@@ -390,10 +390,11 @@ def verify_cell(name: str, op: str, dtype: torch.dtype, family: str, device: str
     from .backends.base import one_line
 
     worst, ran, why = 0.0, 0, ["no case it serves"]
+    head_dim = CUDA_HEAD_DIM if torch.device(device).type == "cuda" else HEAD_DIM
     for block_size in ((16, 256) if op == "paged" else (16,)):  # some paged kernels need 256
         try:
             cs = cases(op, family, dtype, device, seed=seed, block_size=block_size, quick=quick,
-                       head_dim=CUDA_HEAD_DIM if torch.device(device).type == "cuda" else HEAD_DIM)
+                       head_dim=head_dim)
         except Exception as exc:  # noqa: BLE001
             return Result(**base, status="n/a", reason=f"could not build inputs: {one_line(exc)}")
         for case in cs:

@@ -404,9 +404,7 @@ class FlashAttn4Backend(V.VendorBackend):
         recompute = functools.partial(super().attention_backward, grad_out, grad_lse, q, k, v, out, lse,
                                       causal=causal, scale=scale, window=window, softcap=softcap,
                                       alibi_slopes=alibi_slopes, sinks=sinks)
-        variant = ("attention", q.dtype, q.shape[-1], v.shape[-1], q.shape[2] // max(k.shape[2], 1), causal,
-                   _window(window) != (None, None), softcap > 0, sinks is not None, grad_lse is not None)
-        return self._from_saved(variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
+        return self._from_saved("attention", recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
                                 window, softcap, sinks, {})
 
     def varlen_backward(self, grad_out, grad_lse, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -415,15 +413,16 @@ class FlashAttn4Backend(V.VendorBackend):
                                       cu_seqlens_k, max_seqlen_q, max_seqlen_k, out, lse, causal=causal,
                                       scale=scale, window=window, softcap=softcap, alibi_slopes=alibi_slopes,
                                       sinks=sinks)
-        variant = ("varlen", q.dtype, q.shape[-1], v.shape[-1], q.shape[1] // max(k.shape[1], 1), causal,
-                   _window(window) != (None, None), softcap > 0, sinks is not None, grad_lse is not None)
         lengths = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
                        max_seqlen_k=max_seqlen_k)
-        return self._from_saved(variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
+        return self._from_saved("varlen", recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale,
                                 window, softcap, sinks, lengths)
 
-    def _from_saved(self, variant, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale, window,
+    def _from_saved(self, op, recompute, grad_out, grad_lse, q, k, v, out, lse, causal, scale, window,
                     softcap, sinks, lengths):
+        # heads are the second-to-last axis in both layouts, (B, S, H, D) and (T, H, D)
+        variant = (op, q.dtype, q.shape[-1], v.shape[-1], q.shape[-2] // max(k.shape[-2], 1), causal,
+                   _window(window) != (None, None), softcap > 0, sinks is not None, grad_lse is not None)
         if self._saved_bwd_fn is None:  # read the private backward's signature once
             fn = getattr(self.lib, "_flash_attn_bwd", None)
             self._saved_bwd_fn = fn if fn is not None and all(V.accepts(fn, p) for p in _BWD_PARAMS) else False

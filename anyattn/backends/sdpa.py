@@ -184,24 +184,19 @@ def _fused_ready(t, query=False):
     if st[3] != 1:
         return t.contiguous()
     step = _ALIGN_STEP.get(t.dtype) or 16 // t.element_size()
-    if t.data_ptr() % 16 or (st[0] % step or st[1] % step or st[2] % step) and _misaligned(t, st, step):
+    suspect = st[0] % step or st[1] % step or st[2] % step or query and not (st[0] and st[1] and st[2])
+    if t.data_ptr() % 16 or suspect and _unfit(t, st, step, query):
         return t.clone(memory_format=torch.contiguous_format)  # contiguous() would keep a bad base
-    if query and not (st[0] and st[1] and st[2]) and _broadcast(t, st):
-        return t.contiguous()
     return t
-
-
-def _broadcast(t, st) -> bool:
-    return any(s == 0 and n > 1 for s, n in zip(st[:3], t.shape[:3]))
 
 
 _ALIGN_STEP = {torch.float16: 8, torch.bfloat16: 8, torch.float32: 4}
 
 
-def _misaligned(t, st, step) -> bool:
-    """Whether a dim of more than one element has a stride off the 16-byte grid (a size-1 dim's
-    stride is never used)."""
-    return any(s % step and n > 1 for s, n in zip(st[:3], t.shape[:3]))
+def _unfit(t, st, step, zero_too) -> bool:
+    """Whether a dim of more than one element has a stride off the 16-byte grid, or (``zero_too``)
+    a zero stride; a size-1 dim's stride is never used."""
+    return any((s % step or zero_too and s == 0) and n > 1 for s, n in zip(st[:3], t.shape[:3]))
 
 
 def _finish(o, out):

@@ -112,6 +112,8 @@ flashinfer)
     -n 8 -k "flashinfer and not test_first_call_costs" -rP > "$OUT/pytest_flashinfer.log" 2>&1
   echo "flashinfer pytest exit: $?"
   grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer.log" | tail -30
+  # FI_FUZZ_SECONDS=0: no fuzz (a first call that only compiles and tests)
+  [ "${FI_FUZZ_SECONDS:-60}" = 0 ] && continue
   ANYATTN_FLEX_COMPILE=0 ANYATTN_FUZZ_BACKENDS=flashinfer ANYATTN_FUZZ_GPU_SECONDS=${FI_FUZZ_SECONDS:-60} \
     ANYATTN_FUZZ_LOG="$OUT/fuzz_counts_fi.txt" $STOP $(( ${FI_FUZZ_SECONDS:-60} + 60 )) \
     $PYTEST --timeout=$(( ${FI_FUZZ_SECONDS:-60} + 60 )) tests/test_fuzz.py -n 3 -k "test_fuzz_gpu and fixed and not counts" \

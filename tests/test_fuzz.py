@@ -339,6 +339,11 @@ GPU_SEEDS = ("fixed", "rotating") + tuple(
     f"rotating+{i}" for i in range(1, int(os.environ.get("ANYATTN_FUZZ_GPU_RUNS", "5")) - 1))
 GPU_UNTIL = float(os.environ.get("ANYATTN_FUZZ_GPU_UNTIL", "0"))
 _GPU_COUNTS: Counter = Counter()
+
+
+class _StopDrawing(BaseException):
+    """The run's deadline passed or its CUDA context is poisoned: no more cases."""
+
 # A CUDA error that poisons the context: every later case in the process would fail with it.
 _STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure",
                 "misaligned address", "illegal instruction")
@@ -395,7 +400,10 @@ def test_fuzz_gpu(op, which, request):
                    head_dims=[32, 64, 128, 80], long_len=400))
     def run(c):
         if poisoned or time.monotonic() > deadline:
-            return
+            # returning would let hypothesis draw the rest of max_examples (3 ms each: 100,000
+            # draws outlast the stage's timeout, as on 2026-12-01); a BaseException passes
+            # through hypothesis, which catches only Exception, and ends the run at once
+            raise _StopDrawing
         try:
             check(c, "cuda", mine)
         except AssertionError as exc:
@@ -413,6 +421,8 @@ def test_fuzz_gpu(op, which, request):
     t0 = time.monotonic()
     try:
         run()
+    except _StopDrawing:
+        pass
     finally:
         _GPU_COUNTS.update(mine)
         _note(request, f"\nfuzz GPU {op} seed {s}: {sum(mine.values())} cases in {time.monotonic() - t0:.0f} s; "

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -294,6 +295,26 @@ def test_verify_budget_skips_and_does_not_store_skips(flaky):
     summary = verify.run("cpu", backends_=["flaky"], ops=["attention"], dtypes=[torch.float32], budget_s=0.0)
     assert summary["counts"] == {"skipped": len(verify.FAMILIES)}
     assert summary["cache"] is None
+
+
+def test_a_short_budget_reaches_every_backend(monkeypatch):
+    """Backends take turns: a budget that runs out after a few slow cells has still run each
+    backend's first cell (the main dtype, plain, every op), and the report is grouped by backend."""
+    ran = []
+
+    def slow_cell(name, op, dtype, family, device, quick=False):
+        ran.append((name, op, family))
+        time.sleep(0.05 if name == "sdpa_math" else 0.0)
+        return verify.Result(name, "1", op, verify.dtype_name(dtype), family, "pass", error=0.0)
+
+    monkeypatch.setattr(verify, "verify_cell", slow_cell)
+    summary = verify.run("cpu", backends_=["sdpa_math", "flex", "sdpa"], budget_s=0.12, save_results=False)
+    assert {name for name, _, _ in ran} == {"sdpa_math", "flex", "sdpa"}
+    assert ran[:3] == [("sdpa_math", "attention", "plain"), ("flex", "attention", "plain"),
+                       ("sdpa", "attention", "plain")]
+    names = [r["backend"] for r in summary["results"]]
+    assert names == sorted(names, key=["sdpa_math", "flex", "sdpa"].index)
+    assert summary["counts"]["skipped"] > 0
 
 
 def test_a_corrupt_cache_file_never_breaks_a_call(tmp_path, monkeypatch):

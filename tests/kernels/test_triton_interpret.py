@@ -114,15 +114,15 @@ def test_dense_pointer_paths_agree():
 
 @pytest.mark.parametrize("d,dv", [(64, 32), (80, 16)])
 def test_padded_value_tile_matches(d, dv):
-    """config={"PAD_DV": True} (the sm90 Dv < D experiment): a value tile as wide as the query
-    tile, its extra columns masked, computes the same attention and writes only Dv columns."""
+    """The pointer path pads a value tile narrower than the query tile (the sm90 Dv < D fix) to the
+    query tile's width, its extra columns masked: the same attention, and only Dv columns written."""
     gen = torch.Generator().manual_seed(d + dv)
     q = torch.randn(1, 1, 2, d, generator=gen).half()
     k = torch.randn(1, 17, 1, d, generator=gen).half()
     v = torch.randn(1, 34, 1, dv + 5, generator=gen).half()[:, ::2, :, :dv]  # sliced: pointer path
     out_full = torch.full((1, 1, 2, dv + 4), float("nan")).half()
     out = out_full[..., :dv]
-    P.flash_attention_forward(q, k, v, out, None, scale=0.3, config={"PAD_DV": True})
+    P.flash_attention_forward(q, k, v, out, None, scale=0.3)
     ro, _ = ref_dense(q, k, v, scale=0.3)
     assert _rel(out, ro) < TOL[torch.float16]
     assert torch.isnan(out_full[..., dv:]).all(), "wrote past head_dim_v"

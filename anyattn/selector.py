@@ -45,6 +45,9 @@ ENV_VAR = "ANYATTN_BACKEND"
 #   at 16 x 1k, d=64); paged decode: triton at page 16 everywhere (FA4 0.11-0.99x), page 128
 #   split (FA4 ahead by 2-4 % at batch >= 16, triton 3-9x ahead at batch 1). With the tune file,
 #   automatic selection was >= 0.98x the best backend on all 26 `anyattn bench --quick` rows.
+#   Since then FA4's page-128 path (TMA, which needs finite rows past seqused_k) is taken only by
+#   name (FlashAttn4Backend.input_conditions), so at page 128 and batch >= 16 automatic selection
+#   takes triton, 0.96-0.97x of FA4 there (the same run's numbers).
 #   FA4 costs an ~8 s import and 1.6-3.8 s JIT per kernel variant, paid once per process.
 #   FlashAttention-3 (~650 TFLOP/s published) has no wheel for torch 2.11 + CUDA 13, so it
 #   could not be measured here; it follows FA4 (the same algorithm, FA4's CuTe port is at par).
@@ -354,7 +357,8 @@ def _status(b, reasons: list[str]) -> str:
 
 def _evaluate(name: str, req: Request, trusted: bool = False) -> Candidate:
     """One candidate's verdict. ``trusted``: the user forced this one backend by name, so what
-    this machine learnt about it (self-test, run-time failures) is a note, not a veto."""
+    this machine learnt about it (self-test, run-time failures) and what it needs of the inputs'
+    values (``input_conditions``) are notes, not vetoes."""
     try:
         b = backends.get(name)
         reasons = b.reasons(req)
@@ -362,10 +366,13 @@ def _evaluate(name: str, req: Request, trusted: bool = False) -> Candidate:
         version = b.version()  # package metadata only: never imports the package
         if not reasons:
             learnt = _learnt_reasons(name, req)
+            unchecked = b.input_conditions(req)
             if trusted:
-                notes = [f"{r} (forced by name: running it anyway)" for r in learnt] + notes
+                notes = ([f"{r} (forced by name: running it anyway)" for r in learnt]
+                         + [f"needs {c} (forced by name: the caller vouches for it)" for c in unchecked] + notes)
             else:
-                reasons = learnt
+                reasons = learnt + [f"needs {c}, which anyattn cannot check per call; backend='{name}' "
+                                    "vouches for it" for c in unchecked]
     except Exception as exc:  # noqa: BLE001 - a broken adapter is a reason, not a crash
         from .backends.base import one_line
 

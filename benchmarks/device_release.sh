@@ -8,6 +8,7 @@
 #   bash benchmarks/device_release.sh flashinfer   # FlashInfer's GPU tests (nvcc JIT: minutes), then its fuzz
 #   bash benchmarks/device_release.sh verify       # anyattn verify, timed
 #   bash benchmarks/device_release.sh sweep        # the Triton backward's launch configurations
+#   bash benchmarks/device_release.sh profile      # ncu: the Triton backward beside cuDNN's (issue 10)
 #   bash benchmarks/device_release.sh bench        # anyattn tune, then anyattn bench (fwd, bwd, decode), host overhead
 #   bash benchmarks/device_release.sh models       # transformers models: anyattn beside the others
 # Several stages in one call run in order: `bash benchmarks/device_release.sh install fuzz`.
@@ -98,6 +99,23 @@ sweep)
   # ~120 s for 26 compiles of d128 on 2026-12-01, so ~4 min for both head dims)
   timeout ${SWEEP_TIMEOUT:-300} python3 benchmarks/triton_backward_modes.py --sweep 2>&1 | tee "$OUT/backward_sweep.txt"
   ;;
+profile)
+  # ncu on the Triton backward's kernels and cuDNN's beside them, d128 16k full and causal (issue
+  # 10: what the profile shows). --clock-control none: the clocks stay as found (METHOD.md).
+  # The summary keeps each kernel's name and the lines that explain a gap: time, SM and memory
+  # throughput, registers, occupancy, issue slots, warp cycles per instruction, top stalls.
+  NCU_SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis
+    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis"
+  # --print-details all adds the sections' bodies (the stall reasons); an ncu without it runs plain
+  for details in "--print-details all" ""; do
+    timeout ${PROFILE_TIMEOUT:-240} ncu --clock-control none --profile-from-start off $details $NCU_SECTIONS \
+      python3 benchmarks/triton_backward_modes.py --profile > "$OUT/ncu_backward.txt" 2>&1
+    rc=$?; grep -q "print-details" "$OUT/ncu_backward.txt" && [ -n "$details" ] || break
+  done
+  echo "ncu exit: $rc"
+  grep -E "^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Stall|Dynamic Shared|Block Size|Grid Size|profiled|ERR" \
+    "$OUT/ncu_backward.txt" | cut -c1-160 | head -150
+  ;;
 flashinfer)
   # FlashInfer JIT-compiles each kernel variant with nvcc on first use (minutes each on the H200,
   # more when other compiles share the CPUs). The cold-start test runs first and alone, so its
@@ -161,6 +179,6 @@ models)
   echo "hf_bench exit: $?"; tail -n 60 "$OUT/hf_bench.log"
   ;;
 *)
-  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz flexfuzz tests sweep flashinfer verify bench models)"; exit 2;;
+  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz flexfuzz tests sweep profile flashinfer verify bench models)"; exit 2;;
 esac
 done

@@ -14,6 +14,10 @@ with each candidate launch configuration of one kernel while the other keeps its
 (the two kernels run one after the other, so their times add), beside cuDNN and FA2 of the
 same run; then the best pair per shape, deterministic and with atomic dQ. A candidate that does not fit is shrunk by ``_launch``, and
 the row says which configuration ran.
+
+``--profile``: one Triton backward (its three kernels) and one cuDNN backward at d128, 16k
+tokens, full and causal, between cudaProfilerStart/Stop, for ncu's ``--profile-from-start off``
+(the release script's ``profile`` stage): what the profile shows beside the speed gap.
 """
 
 from __future__ import annotations
@@ -131,14 +135,43 @@ def _sweep_shape(tb, cands_of, b, s, h, d, causal, device="cuda", dtype=torch.bf
             anchors["FLASH_ATTENTION"])
 
 
+def profile_launches(s=16384, d=128):
+    """Warm every kernel first (compiles, cuDNN's plan), then one profiled launch of each."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    h = 2048 // d
+    for causal in (False, True):
+        q, k, v = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        o = torch.empty_like(q)
+        lse = torch.empty(1, h, s, device="cuda", dtype=torch.float32)
+        flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
+        do = torch.randn_like(o)
+        run = _runner(do, q, k, v, o, lse, causal)
+        qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+        cudnn = lambda: torch.autograd.grad(ot, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)  # noqa: E731
+        run(), cudnn()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        run(), cudnn()
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        print(f"profiled d{d} s{s} {'causal' if causal else 'full'}: triton backward, cuDNN backward", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="d128 at 4k and 16k only")
     ap.add_argument("--sweep", action="store_true", help="launch configurations at d128 and d64")
+    ap.add_argument("--profile", action="store_true", help="one launch of each kernel, for ncu")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.sweep:
         sweep()
+        return
+    if a.profile:
+        profile_launches()
         return
     dev = "cuda"
     rows = []

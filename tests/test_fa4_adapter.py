@@ -314,6 +314,30 @@ def test_import_is_deferred_until_chosen(fa4, monkeypatch):
     assert "imported in" in " ".join(b.notes(r))
 
 
+@pytest.mark.parametrize("block_size,tma", [(128, True), (16, False), (64, False)])
+def test_tma_pages_need_finite_unused_rows_so_only_a_name_takes_them(fa4, block_size, tma):
+    """TMA reads a last page whole and 0 x NaN in V reaches the output: automatic selection and
+    ordered lists pass FA4 over for pages of its K tile's size (a cache from torch.empty promises
+    nothing there); naming FA4 vouches for the cache, with the condition as a note."""
+    b, _ = fa4
+    r = req(op="paged", block_size=block_size, causal=True)
+    assert b.reasons(r) == []
+    assert bool(b.input_conditions(r)) == tma
+    for preference in (None, ("flash_attn_4", "reference")):
+        d = selector.decide(r, preference)
+        fa = next(c for c in d.candidates if c.name == "flash_attn_4")
+        if tma:
+            assert d.chosen != "flash_attn_4" and fa.status == "rejected"
+            assert "finite values in the rows past seqused_k" in fa.reasons[0]
+            assert "cannot check per call; backend='flash_attn_4' vouches for it" in fa.reasons[0]
+        else:
+            assert fa.status in ("chosen", "usable") and not fa.reasons
+    strict = selector.decide(r, ("flash_attn_4",), "backend= argument")
+    assert strict.chosen == "flash_attn_4"
+    vouched = [n for n in strict.candidates[0].notes if "the caller vouches for it" in n]
+    assert len(vouched) == int(tma)
+
+
 def test_cutlass_aux_data_warning_is_silenced_and_nothing_else(fa4):
     import warnings
 
@@ -389,7 +413,7 @@ def test_feature_rules_per_arch(fa4):
 def test_paged_notes_name_the_path(fa4):
     b, _ = fa4
     tma = " ".join(b.notes(req(op="paged", block_size=128, causal=True)))
-    assert "= the kernel's K tile: pages load by TMA" in tma and "must hold finite values" in tma
+    assert "= the kernel's K tile: pages load by TMA" in tma
     assert "no split-KV on sm90" in tma
     gather = " ".join(b.notes(req(op="paged", block_size=16, causal=True)))
     assert "!= the kernel's K tile (128): pages load by a cp.async gather" in gather

@@ -219,6 +219,13 @@ class Backend:
         """Remarks about how the backend would serve ``req`` (e.g. a gather fallback)."""
         return []
 
+    def input_conditions(self, req: Request) -> list[str]:
+        """What serving ``req`` needs of the inputs' values that anyattn cannot check on each call
+        (only a synchronising scan of the data could), phrased to follow "needs". Automatic
+        selection and ordered lists pass the backend over for them; a backend forced by name
+        runs with them as notes: naming it vouches for them."""
+        return []
+
     # -- ops: (out, lse or None). Tensors are validated by the caller. ---------------------
     def attention(self, q, k, v, *, causal, scale, window, softcap, alibi_slopes, sinks,
                   return_lse, out):

@@ -24,7 +24,9 @@ use by the DSL's bundled compiler: no nvcc, no CUDA_HOME. What follows is read f
   by TMA only when the page size equals the kernel's K tile (128 for head dims <= 128 on sm90 and
   sm100); any other page size takes a cp.async gather path. With TMA, every row of a sequence's
   last page is read: rows past ``seqused_k`` must hold finite values (NaN there leaks into the
-  output), which a cache from ``torch.empty`` does not promise.
+  output), which a cache from ``torch.empty`` does not promise and anyattn cannot check per call,
+  so automatic selection passes that path over (``input_conditions``); ``backend="flash_attn_4"``
+  vouches for the cache and takes it.
 * No split-KV on sm90 (``assert not is_split_kv``): one CTA per (sequence, KV-head, query tile)
   streams the whole cache, so small-batch long-context decode uses a small part of the GPU there
   (7-9 % of copy bandwidth measured at batch 1 x 32k on the H200). anyattn passes
@@ -304,6 +306,16 @@ class FlashAttn4Backend(V.VendorBackend):
                            "head_dim == head_dim_v under GQA)")
         return out
 
+    def input_conditions(self, req: Request) -> list[str]:
+        # TMA loads a sequence's last page whole; the rows past seqused_k get probability 0, and
+        # 0 x NaN (or Inf) in V is NaN in the output. A cache from torch.empty promises nothing
+        # there, and checking would cost a synchronising scan on every call.
+        if req.op == "paged" and req.block_size is not None and \
+                req.block_size == k_tile(req.capability, req.head_dim, req.head_dim_v, req.causal, req.window):
+            return ["finite values in the rows past seqused_k of each sequence's last KV page (FlashAttention-4 "
+                    "loads pages of its K tile's size whole, by TMA: NaN or Inf there reaches the output)"]
+        return []
+
     def notes(self, req: Request) -> list[str]:
         out = []
         if self._loaded is None:
@@ -321,8 +333,7 @@ class FlashAttn4Backend(V.VendorBackend):
         if req.op == "paged" and req.block_size is not None:
             tile = k_tile(cc, req.head_dim, req.head_dim_v, req.causal, req.window)
             if req.block_size == tile:
-                out.append(f"KV block size {req.block_size} = the kernel's K tile: pages load by TMA; rows past "
-                           "seqused_k in a sequence's last page must hold finite values")
+                out.append(f"KV block size {req.block_size} = the kernel's K tile: pages load by TMA")
             else:
                 out.append(f"KV block size {req.block_size} != the kernel's K tile ({tile}): pages load by a "
                            "cp.async gather (slower than the TMA path)")

@@ -32,6 +32,31 @@ def test_paged_layouts_cpu(layout, backend, chunked):
     assert torch.equal(kl, before)
 
 
+def poison_past_seqused(kc, vc, table, used):
+    """NaN in every cache row a sequence does not use: what a cache from torch.empty may hold."""
+    bs = kc.shape[1]
+    live = torch.zeros(kc.shape[:2], dtype=torch.bool, device=kc.device)
+    for b, n in enumerate(used.tolist()):
+        for i in range(-(-n // bs)):
+            live[int(table[b, i]), : min(bs, n - i * bs)] = True
+    kc[~live] = float("nan")
+    vc[~live] = float("nan")
+
+
+@pytest.mark.parametrize("backend", CPU_PAGED)
+def test_rows_past_seqused_are_never_read_into_the_output(backend):
+    """NaN in the unused rows of each last page (and in unreferenced pages) must not reach the
+    output: 0 x NaN is NaN, so a kernel that loads a page whole has to mask the values too."""
+    q, kc, vc, table, used, cu_q, max_q = inputs.paged([5, 19, 1, 12], [2, 3, 1, 4], block_size=8, hq=6, hkv=2,
+                                                       d=24, seed=4, spare_blocks=3)
+    ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
+    poison_past_seqused(kc, vc, table, used)
+    out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True,
+                                  backend=backend)
+    assert not torch.isnan(out).any()
+    assert torch.allclose(out.double(), ref, atol=3e-5), (out.double() - ref).abs().max()
+
+
 def test_gather_reads_strided_cache_without_flattening(monkeypatch):
     """The gathering fallback indexes (block, row) pairs: it never materialises the whole cache."""
     q, kc, vc, table, used, cu_q, max_q = inputs.paged([7, 3], block_size=4, hq=2, hkv=2, d=8, spare_blocks=50)
@@ -76,4 +101,42 @@ def test_paged_layouts_every_gpu_backend(layout, dtype):
             served.append(name)
             if not err < 2e-2:
                 failures.append(f"{name} nq={nq}: rel err {err:.3g}")
+    assert "triton" in served and not failures, failures
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_size", [16, 128])
+def test_rows_past_seqused_every_gpu_backend(block_size):
+    """NaN past seqused_k on the GPU: every backend that serves the call by name must keep it out
+    of the output, except one that declares finite unused rows as an input condition (FA4's TMA
+    pages), which automatic selection passes over (printed: whether it leaks)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from anyattn import backends
+
+    failures, served, leaks = [], [], []
+    for nq in (None, [3, 1, 5, 2]):
+        q, kc, vc, table, used, cu_q, max_q = inputs.paged([37, 300, 1, 129], nq, block_size=block_size, hq=8,
+                                                           hkv=2, d=128, dtype=torch.bfloat16, device="cuda", seed=6)
+        ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
+        poison_past_seqused(kc, vc, table, used)
+        auto = anyattn.explain(q, kc, vc, table, used, op="paged", cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True)
+        req = auto.request
+        assert not backends.get(auto.chosen).input_conditions(req), auto.chosen
+        for name in backends.names():
+            try:
+                out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q,
+                                              causal=True, backend=name)
+            except anyattn.NoBackendError:
+                continue
+            err = inputs.rel_err(out, ref)
+            if not err < 2e-2:
+                (leaks if backends.get(name).input_conditions(req) else failures).append(
+                    f"{name} nq={nq}: rel err {err:.3g}")
+            served.append(name)
+        err = inputs.rel_err(anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q,
+                                                     causal=True), ref)
+        if not err < 2e-2:
+            failures.append(f"automatic selection nq={nq}: rel err {err:.3g}")
+    print(f"page {block_size}: served by {sorted(set(served))}; leaks where declared: {leaks}")
     assert "triton" in served and not failures, failures

@@ -86,3 +86,14 @@ def relayout(k_cache, v_cache, layout):
         both = torch.cat([k_cache, v_cache], dim=-1).transpose(1, 2).contiguous()  # (nb, H, bs, D+Dv)
         return both[..., :d].transpose(1, 2), both[..., d:].transpose(1, 2)
     raise ValueError(f"layout: expected one of {KV_LAYOUTS}, got {layout!r}")
+
+
+def poison_past_seqused(kc, vc, table, used):
+    """NaN in every cache row a sequence does not use: what a cache from torch.empty may hold."""
+    bs = kc.shape[1]
+    live = torch.zeros(kc.shape[:2], dtype=torch.bool, device=kc.device)
+    for b, n in enumerate(used.tolist()):
+        for i in range(-(-n // bs)):
+            live[int(table[b, i]), : min(bs, n - i * bs)] = True
+    kc[~live] = float("nan")
+    vc[~live] = float("nan")

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import anyattn  # noqa: E402
-from tests import naive  # noqa: E402
+from tests import inputs, naive  # noqa: E402
 
 # "auto": no backend named, so automatic selection (and its recovery) must serve every case.
 CPU_BACKENDS = ["sdpa", "sdpa_flash", "sdpa_math", "flex", "reference", "auto"]
@@ -189,6 +189,11 @@ def build(c, device="cpu"):
             pos += nb
         kc = _tensor((total, bs, hkv, d), dt, device, gen, lay, 2)
         vc = _tensor((total, bs, hkv, dv), dt, device, gen, lay, 2)
+        if lay != "expanded":  # (a broadcast view cannot be written)
+            # NaN wherever a cache from torch.empty may hold it: the rest of each last page and
+            # the spare pages. The block sizes drawn here never equal FA4's TMA tile (128), the
+            # one path that declares finite unused rows as an input condition.
+            inputs.poison_past_seqused(kc, vc, table, torch.tensor(used))
         counts = [1] * len(used) if nq is None else nq
         q = _tensor((sum(counts), hq, d), dt, device, gen, lay, 1)
         cu_q = None if nq is None else _cu(nq, device)

@@ -32,17 +32,6 @@ def test_paged_layouts_cpu(layout, backend, chunked):
     assert torch.equal(kl, before)
 
 
-def poison_past_seqused(kc, vc, table, used):
-    """NaN in every cache row a sequence does not use: what a cache from torch.empty may hold."""
-    bs = kc.shape[1]
-    live = torch.zeros(kc.shape[:2], dtype=torch.bool, device=kc.device)
-    for b, n in enumerate(used.tolist()):
-        for i in range(-(-n // bs)):
-            live[int(table[b, i]), : min(bs, n - i * bs)] = True
-    kc[~live] = float("nan")
-    vc[~live] = float("nan")
-
-
 @pytest.mark.parametrize("backend", CPU_PAGED)
 def test_rows_past_seqused_are_never_read_into_the_output(backend):
     """NaN in the unused rows of each last page (and in unreferenced pages) must not reach the
@@ -50,7 +39,7 @@ def test_rows_past_seqused_are_never_read_into_the_output(backend):
     q, kc, vc, table, used, cu_q, max_q = inputs.paged([5, 19, 1, 12], [2, 3, 1, 4], block_size=8, hq=6, hkv=2,
                                                        d=24, seed=4, spare_blocks=3)
     ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
-    poison_past_seqused(kc, vc, table, used)
+    inputs.poison_past_seqused(kc, vc, table, used)
     out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True,
                                   backend=backend)
     assert not torch.isnan(out).any()
@@ -119,7 +108,7 @@ def test_rows_past_seqused_every_gpu_backend(block_size):
         q, kc, vc, table, used, cu_q, max_q = inputs.paged([37, 300, 1, 129], nq, block_size=block_size, hq=8,
                                                            hkv=2, d=128, dtype=torch.bfloat16, device="cuda", seed=6)
         ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
-        poison_past_seqused(kc, vc, table, used)
+        inputs.poison_past_seqused(kc, vc, table, used)
         auto = anyattn.explain(q, kc, vc, table, used, op="paged", cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True)
         req = auto.request
         assert not backends.get(auto.chosen).input_conditions(req), auto.chosen

@@ -127,7 +127,10 @@ flashinfer)
       > "$OUT/pytest_flashinfer_cold.log" 2>&1
     echo "flashinfer cold start exit: $?"; grep -E "cold start|^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer_cold.log"
   fi
-  $STOP ${FI_TIMEOUT:-420} $PYTEST --timeout=400 tests/test_gpu_vendor.py tests/test_kv_layouts.py tests/test_fuzz_regressions.py \
+  # the other tests, 8 at once: FlashInfer's ninja runs nproc + 2 nvcc jobs per module unless
+  # MAX_JOBS says otherwise, so 8 compiling workers would start ~140 nvcc processes on 16 cores
+  # and 128 GiB (the cold-start test above keeps FlashInfer's default: what a user meets)
+  MAX_JOBS=${FI_MAX_JOBS:-4} $STOP ${FI_TIMEOUT:-420} $PYTEST --timeout=400 tests/test_gpu_vendor.py tests/test_kv_layouts.py tests/test_fuzz_regressions.py \
     -n 8 -k "flashinfer and not test_first_call_costs" -rP > "$OUT/pytest_flashinfer.log" 2>&1
   echo "flashinfer pytest exit: $?"
   grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer.log" | tail -30

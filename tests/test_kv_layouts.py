@@ -71,8 +71,6 @@ def test_paged_layouts_every_gpu_backend(layout, dtype):
     """Every backend that can serve paged decode / chunked prefill here, on every layout."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from anyattn import backends
-
     failures, served = [], []
     for nq in (None, [3, 1, 5, 2]):
         seqused = [37, 300, 1, 129]
@@ -80,17 +78,24 @@ def test_paged_layouts_every_gpu_backend(layout, dtype):
                                                            dtype=dtype, device="cuda", seed=5)
         kl, vl = inputs.relayout(kc, vc, layout)
         ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
-        for name in backends.names():
-            try:
-                out = anyattn.paged_attention(q, kl, vl, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q,
-                                              causal=True, backend=name)
-            except anyattn.NoBackendError:
-                continue
-            err = inputs.rel_err(out, ref)
+        for name, err in _every_gpu_backend(q, kl, vl, table, used, cu_q, max_q, ref):
             served.append(name)
             if not err < 2e-2:
                 failures.append(f"{name} nq={nq}: rel err {err:.3g}")
     assert "triton" in served and not failures, failures
+
+
+def _every_gpu_backend(q, kc, vc, table, used, cu_q, max_q, ref):
+    """(backend, relative error) for every backend that serves this paged call by name."""
+    from anyattn import backends
+
+    for name in backends.names():
+        try:
+            out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q,
+                                          causal=True, backend=name)
+        except anyattn.NoBackendError:
+            continue
+        yield name, inputs.rel_err(out, ref)
 
 
 @pytest.mark.gpu
@@ -112,13 +117,7 @@ def test_rows_past_seqused_every_gpu_backend(block_size):
         auto = anyattn.explain(q, kc, vc, table, used, op="paged", cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True)
         req = auto.request
         assert not backends.get(auto.chosen).input_conditions(req), auto.chosen
-        for name in backends.names():
-            try:
-                out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q,
-                                              causal=True, backend=name)
-            except anyattn.NoBackendError:
-                continue
-            err = inputs.rel_err(out, ref)
+        for name, err in _every_gpu_backend(q, kc, vc, table, used, cu_q, max_q, ref):
             if not err < 2e-2:
                 (leaks if backends.get(name).input_conditions(req) else failures).append(
                     f"{name} nq={nq}: rel err {err:.3g}")

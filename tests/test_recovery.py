@@ -381,11 +381,14 @@ def test_doctor_reports_verify_failures(flaky):
 
 @pytest.mark.gpu
 def test_verify_on_the_gpu(request, tmp_path):
-    """`anyattn verify --quick` over every backend installed on the GPU: prints the summary;
-    any failure is a finding (a backend wrong on this GPU) to declare as a reason."""
+    """`anyattn verify --quick` over every backend installed on the GPU but FlashInfer (its nvcc
+    JIT takes minutes a variant: the release script's verify stage names it when its kernels are
+    compiled): prints the summary; any failure is a finding (a backend wrong on this GPU) to
+    declare as a reason. The budget keeps it inside the GPU suite's 240 s per test."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    summary = verify.run("cuda", budget_s=500, quick=True)
+    summary = verify.run("cuda", backends_=[n for n in backends.names() if n != "flashinfer"], budget_s=150,
+                         quick=True)
     fails = [r for r in summary["results"] if r["status"] == "fail"]
     capman = request.config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled():

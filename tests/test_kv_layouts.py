@@ -32,14 +32,19 @@ def test_paged_layouts_cpu(layout, backend, chunked):
     assert torch.equal(kl, before)
 
 
+@pytest.mark.parametrize("unused_slot", [None, -1, 2**30], ids=["spare-page", "minus-one", "huge"])
 @pytest.mark.parametrize("backend", CPU_PAGED)
-def test_rows_past_seqused_are_never_read_into_the_output(backend):
+def test_rows_past_seqused_are_never_read_into_the_output(backend, unused_slot):
     """NaN in the unused rows of each last page (and in unreferenced pages) must not reach the
-    output: 0 x NaN is NaN, so a kernel that loads a page whole has to mask the values too."""
+    output: 0 x NaN is NaN, so a kernel that loads a page whole has to mask the values too. The
+    block table's slots past a sequence's pages hold whatever the engine left there."""
     q, kc, vc, table, used, cu_q, max_q = inputs.paged([5, 19, 1, 12], [2, 3, 1, 4], block_size=8, hq=6, hkv=2,
                                                        d=24, seed=4, spare_blocks=3)
     ref = naive.paged(q, kc, vc, table, used, cu_q, causal=True)[0]
     inputs.poison_past_seqused(kc, vc, table, used)
+    if unused_slot is not None:
+        for b, n in enumerate(used.tolist()):
+            table[b, -(-n // 8):] = unused_slot
     out = anyattn.paged_attention(q, kc, vc, table, used, cu_seqlens_q=cu_q, max_seqlen_q=max_q, causal=True,
                                   backend=backend)
     assert not torch.isnan(out).any()

@@ -91,9 +91,11 @@ def relayout(k_cache, v_cache, layout):
 def poison_past_seqused(kc, vc, table, used):
     """NaN in every cache row a sequence does not use: what a cache from torch.empty may hold."""
     bs = kc.shape[1]
-    live = torch.zeros(kc.shape[:2], dtype=torch.bool, device=kc.device)
-    for b, n in enumerate(used.tolist()):
-        for i in range(-(-n // bs)):
-            live[int(table[b, i]), : min(bs, n - i * bs)] = True
+    table, used = table.cpu().long(), used.cpu().long()
+    j = torch.arange(table.shape[1] * bs)
+    valid = j.view(1, -1) < used.view(-1, 1)  # (B, slots * bs): the rows each sequence reads
+    live = torch.zeros(kc.shape[:2], dtype=torch.bool)
+    live[table[:, j // bs][valid], (j % bs).expand_as(valid)[valid]] = True
+    live = live.to(kc.device)
     kc[~live] = float("nan")
     vc[~live] = float("nan")

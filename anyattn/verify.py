@@ -362,10 +362,9 @@ def plan(device: str, *, backends_=None, ops=None, dtypes=None, families=None) -
     """The (backend, op, dtype, family) cells to run; the reference is the anchor, not a subject.
 
     Backends take turns, one cell each (the device's main dtype and the plain family first, over
-    every op), so that a time
-    budget that runs out covers every backend's most-used cells rather than the first backends'
-    all: on the H200 FlashAttention-4's JIT (2-4 s a variant) spent an 80 s budget on FA4's 35
-    cells alone (2026-12-01)."""
+    every op), so that a time budget that runs out covers every backend's most-used cells rather
+    than the first backends' all: on the H200 FlashAttention-4's JIT (2-4 s a variant) spent an
+    80 s budget on FA4's 35 cells alone (2026-12-01)."""
     from . import backends
 
     dev = torch.device(device)

@@ -351,6 +351,7 @@ _GPU_COUNTS: Counter = Counter()
 class _StopDrawing(BaseException):
     """The run's deadline passed or its CUDA context is poisoned: no more cases."""
 
+
 # A CUDA error that poisons the context: every later case in the process would fail with it.
 _STICKY_CUDA = ("illegal memory access", "device-side assert", "unspecified launch failure",
                 "misaligned address", "illegal instruction")

@@ -114,7 +114,7 @@ profile)
   done
   echo "ncu exit: $rc"
   grep -E "^  [A-Za-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Warp Cycles Per Issued|Stall|Dynamic Shared|Block Size|Grid Size|profiled|ERR" \
-    "$OUT/ncu_backward.txt" | cut -c1-160 | head -150
+    "$OUT/ncu_backward.txt" | cut -c1-160 | head -320
   ;;
 flashinfer)
   # FlashInfer JIT-compiles each kernel variant with nvcc on first use (minutes each on the H200,

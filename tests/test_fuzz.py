@@ -94,7 +94,7 @@ def cases(draw, op: str, backends: list[str], dtypes: list[str], max_len: int, h
         c["lens_k"] = draw(st.lists(lengths, min_size=n, max_size=n))
     else:
         n = draw(st.integers(1, 4))
-        c["block_size"] = draw(st.sampled_from([1, 3, 4, 16]))
+        c["block_size"] = draw(st.sampled_from([1, 3, 4, 16, 128]))  # 128: FA4's TMA pages
         c["seqused"] = draw(st.lists(lengths, min_size=n, max_size=n))
         if draw(st.booleans()):
             c["nq"] = None  # decode: one token per sequence
@@ -132,6 +132,18 @@ def _cu(lens, device):
     for n in lens:
         out.append(out[-1] + n)
     return torch.tensor(out, dtype=torch.int32, device=device)
+
+
+def _vouched_for(name, args, kw) -> bool:
+    """Whether the named backend needs something of these inputs' values that anyattn cannot
+    check (its input conditions: finite rows past seqused_k for FA4's TMA pages), which naming it
+    vouches for: the case then keeps the cache finite. Automatic selection passes such paths over."""
+    if name == "auto":
+        return False
+    from anyattn import backends
+
+    req = anyattn.explain(*args, op="paged", **{key: val for key, val in kw.items() if key != "backend"}).request
+    return bool(backends.get(name).input_conditions(req))
 
 
 def build(c, device="cpu"):
@@ -189,17 +201,16 @@ def build(c, device="cpu"):
             pos += nb
         kc = _tensor((total, bs, hkv, d), dt, device, gen, lay, 2)
         vc = _tensor((total, bs, hkv, dv), dt, device, gen, lay, 2)
-        if lay != "expanded":  # (a broadcast view cannot be written)
-            # NaN wherever a cache from torch.empty may hold it: the rest of each last page and
-            # the spare pages. The block sizes drawn here never equal FA4's TMA tile (128), the
-            # one path that declares finite unused rows as an input condition.
-            inputs.poison_past_seqused(kc, vc, table, torch.tensor(used))
         counts = [1] * len(used) if nq is None else nq
         q = _tensor((sum(counts), hq, d), dt, device, gen, lay, 1)
         cu_q = None if nq is None else _cu(nq, device)
         table, seqused = table.to(device), torch.tensor(used, dtype=torch.int32, device=device)
         args = (q, kc, vc, table, seqused)
         kw.update(cu_seqlens_q=cu_q, max_seqlen_q=max(counts) if counts else 0)
+        if lay != "expanded" and not _vouched_for(c["backend"], args, kw):  # (a broadcast view cannot be written)
+            # NaN wherever a cache from torch.empty may hold it: the rest of each last page and
+            # the spare pages
+            inputs.poison_past_seqused(kc, vc, table, seqused)
         out_shape = (sum(counts), hq, dv)
         fn = anyattn.paged_attention
 
@@ -277,6 +288,19 @@ def _cpu_test(op, which):
 for _op in ("attention", "varlen", "paged"):
     for _which in ("fixed", "rotating"):
         globals()[f"test_fuzz_cpu_{_op}_{_which}"] = _cpu_test(_op, _which)
+
+
+@pytest.mark.parametrize("backend,block_size,keeps_finite", [
+    ("flash_attn_4", 128, True), ("flash_attn_4", 16, False), ("sdpa", 128, False), ("auto", 128, False)])
+def test_paged_cases_poison_unused_rows_unless_a_name_vouches(backend, block_size, keeps_finite):
+    """Paged cases put NaN past seqused_k, except for a named backend whose input conditions ask
+    for finite rows there (FA4's TMA pages: naming it vouches for the cache)."""
+    c = dict(op="paged", backend=backend, dtype="float32", hkv=1, hq=2, d=64, dv=None, causal=True,
+             window=(-1, -1), softcap=0.0, alibi=None, sinks=False, lse=False, out=False, scale=None,
+             layout="contiguous", seed=1, block_size=block_size, seqused=[5, 0, 200], nq=None)
+    _, (q, kc, vc, table, used), _, _ = build(c)
+    assert bool(torch.isnan(kc).any()) == (not keeps_finite)
+    assert bool(torch.isnan(vc).any()) == (not keeps_finite)
 
 
 @seed(FIXED_SEED)

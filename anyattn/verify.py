@@ -442,9 +442,9 @@ def run(device: str | None = None, *, backends_=None, ops=None, dtypes=None, fam
         results.append(r)
         if progress is not None:
             progress(i + 1, len(cells), r)
-    # run interleaved (see plan), reported per backend
-    turn = {name: i for i, name in reversed(list(enumerate(c[0] for c in cells)))}
-    results.sort(key=lambda r: turn[r.backend])
+    # run interleaved (see plan), reported per backend in the plan's order (a stable sort)
+    rank = {name: i for i, name in enumerate(dict.fromkeys(c[0] for c in cells))}
+    results.sort(key=lambda r: rank[r.backend])
     stored = {result_key(r.backend, r.version, r.op, getattr(torch, r.dtype), r.family): r.to_dict()
               for r in results if r.status in ("pass", "fail")}
     path = save(stored, m) if save_results and stored else None

@@ -56,15 +56,28 @@ def _max_rel(got, want):
                for x, y in zip(got[:3], want[:3]))
 
 
-def _sdpa_ms(q, k, v, do, causal, backend):
+def _inputs(b, s, h, d, causal, device="cuda", dtype=torch.bfloat16):
+    """q, k, v, the forward's o and lse (by the Triton forward), and a random dO."""
+    q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
+    o = torch.empty_like(q)
+    lse = torch.empty(b, h, s, device=device, dtype=torch.float32)
+    flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
+    return q, k, v, o, lse, torch.randn_like(o)
+
+
+def _sdpa_backward(q, k, v, do, causal, backend):
+    """SDPA's backward alone with one kernel (``backend``: an SDPBackend name), on a retained graph."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
     with sdpa_kernel(getattr(SDPBackend, backend)):
         o = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
     dot = do.transpose(1, 2)
-    return triton.testing.do_bench(
-        lambda: torch.autograd.grad(o, (qt, kt, vt), dot, retain_graph=True))
+    return lambda: torch.autograd.grad(o, (qt, kt, vt), dot, retain_graph=True)
+
+
+def _sdpa_ms(q, k, v, do, causal, backend):
+    return triton.testing.do_bench(_sdpa_backward(q, k, v, do, causal, backend))
 
 
 # (BLOCK_M, BLOCK_N, warps, stages) per head dim: dK/dV streams BLOCK_M query rows past BLOCK_N
@@ -100,11 +113,7 @@ def sweep():
 def _sweep_shape(tb, cands_of, b, s, h, d, causal, device="cuda", dtype=torch.bfloat16):
     """One shape: each kernel's candidates with the other kernel at its table entry, then the
     best pair, deterministic and with atomic dQ."""
-    q, k, v = (torch.randn(b, s, h, d, device=device, dtype=dtype) for _ in range(3))
-    o = torch.empty_like(q)
-    lse = torch.empty(b, h, s, device=device, dtype=torch.float32)
-    flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
-    do = torch.randn_like(o)
+    q, k, v, o, lse, do = _inputs(b, s, h, d, causal, device, dtype)
     shape = f"d{d} s{s} b{b} {'causal' if causal else 'full'}"
     base_cfg = tb.backward_config(d, d, q.dtype, q.device, tma=True)
     anchors = {be: _tflops(_sdpa_ms(q, k, v, do, causal, be), b, h, s, d, causal)
@@ -137,20 +146,11 @@ def _sweep_shape(tb, cands_of, b, s, h, d, causal, device="cuda", dtype=torch.bf
 
 def profile_launches(s=16384, d=128):
     """Warm every kernel first (compiles, cuDNN's plan), then one profiled launch of each."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     h = 2048 // d
     for causal in (False, True):
-        q, k, v = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-        o = torch.empty_like(q)
-        lse = torch.empty(1, h, s, device="cuda", dtype=torch.float32)
-        flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
-        do = torch.randn_like(o)
+        q, k, v, o, lse, do = _inputs(1, s, h, d, causal)
         run = _runner(do, q, k, v, o, lse, causal)
-        qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            ot = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
-        cudnn = lambda: torch.autograd.grad(ot, (qt, kt, vt), do.transpose(1, 2), retain_graph=True)  # noqa: E731
+        cudnn = _sdpa_backward(q, k, v, do, causal, "CUDNN_ATTENTION")
         run(), cudnn()
         torch.cuda.synchronize()
         torch.cuda.cudart().cudaProfilerStart()
@@ -182,12 +182,7 @@ def main():
         for s in seqs:
             b = 16384 // s
             for causal in (False, True):
-                q, k, v = (torch.randn(b, s, h, d, device=dev, dtype=torch.bfloat16)
-                           for _ in range(3))
-                o = torch.empty_like(q)
-                lse = torch.empty(b, h, s, device=dev, dtype=torch.float32)
-                flash_attention_forward(q, k, v, o, lse, scale=d ** -0.5, causal=causal)
-                do = torch.randn_like(o)
+                q, k, v, o, lse, do = _inputs(b, s, h, d, causal, dev)
                 base = None
                 res = dict(d=d, s=s, b=b, h=h, causal=causal)
                 for name, cfg in MODES.items():

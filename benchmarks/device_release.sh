@@ -10,6 +10,7 @@
 #   bash benchmarks/device_release.sh sweep        # the Triton backward's launch configurations
 #   bash benchmarks/device_release.sh profile      # ncu: the Triton backward beside cuDNN's (issue 10)
 #   bash benchmarks/device_release.sh bench        # anyattn tune, then anyattn bench (fwd, bwd, decode), host overhead
+#   bash benchmarks/device_release.sh modes        # the Triton backward's deterministic and atomic-dQ modes, timed
 #   bash benchmarks/device_release.sh models       # transformers models: anyattn beside the others
 # Several stages in one call run in order: `bash benchmarks/device_release.sh install fuzz`.
 # Wheels (see DEVELOPERS.md): flash-attn-4 4.0.0b36, nvidia-cutlass-dsl 4.8.1 + libs-base/core/cu13,
@@ -97,7 +98,7 @@ tests)
 sweep)
   # the Triton backward's launch configurations at d128 and d64 beside cuDNN and FA2 (issue 10;
   # ~120 s for 26 compiles of d128 on 2026-12-01, so ~4 min for both head dims)
-  timeout ${SWEEP_TIMEOUT:-300} python3 benchmarks/triton_backward_modes.py --sweep 2>&1 | tee "$OUT/backward_sweep.txt"
+  timeout ${SWEEP_TIMEOUT:-300} python3 benchmarks/triton_backward_modes.py --sweep --head-dims ${SWEEP_DIMS:-128,64} 2>&1 | tee "$OUT/backward_sweep.txt"
   ;;
 profile)
   # ncu on the Triton backward's kernels and cuDNN's beside them, d128 16k full and causal (issue
@@ -127,11 +128,13 @@ flashinfer)
       > "$OUT/pytest_flashinfer_cold.log" 2>&1
     echo "flashinfer cold start exit: $?"; grep -E "cold start|^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer_cold.log"
   fi
-  # the other tests, 8 at once: FlashInfer's ninja runs nproc + 2 nvcc jobs per module unless
+  # the other tests (and the NaN-past-seqused test of every GPU backend, FlashInfer's first), 8
+  # at once: FlashInfer's ninja runs nproc + 2 nvcc jobs per module unless
   # MAX_JOBS says otherwise, so 8 compiling workers would start ~140 nvcc processes on 16 cores
-  # and 128 GiB (the cold-start test above keeps FlashInfer's default: what a user meets)
+  # and 128 GiB (the cold-start test above keeps FlashInfer's default: what a user meets).
+  # FI_K: another -k selection (the tests a cold machine's earlier calls did not reach)
   MAX_JOBS=${FI_MAX_JOBS:-4} $STOP ${FI_TIMEOUT:-420} $PYTEST --timeout=400 tests/test_gpu_vendor.py tests/test_kv_layouts.py tests/test_fuzz_regressions.py \
-    -n 8 -k "flashinfer and not test_first_call_costs" -rP > "$OUT/pytest_flashinfer.log" 2>&1
+    -n 8 -k "${FI_K:-(flashinfer or rows_past_seqused) and not test_first_call_costs}" -rP > "$OUT/pytest_flashinfer.log" 2>&1
   echo "flashinfer pytest exit: $?"
   grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed)" "$OUT/pytest_flashinfer.log" | tail -30
   # FI_FUZZ_SECONDS=0: no fuzz (a first call that only compiles and tests)
@@ -172,16 +175,21 @@ bench)
   timeout ${BENCH_TIMEOUT:-300} python3 -m anyattn bench --quick --backends "$BB" --json "$OUT/bench.json" \
     > "$OUT/bench.log" 2>&1
   echo "bench exit: $?"; tail -n 80 "$OUT/bench.log"
+  # BENCH_OVERHEAD=0: no host-cost run (~60 s; issue 7's numbers, unchanged by kernel work)
+  [ "${BENCH_OVERHEAD:-1}" = 0 ] && continue
   timeout 90 python3 -m anyattn.bench_overhead --profile --json "$OUT/overhead.json" > "$OUT/overhead.txt" 2>&1
   grep -A30 "host µs per call" "$OUT/overhead.txt" | head -34
-  # the Triton backward's deterministic and default modes, and their cost (issue 10 §1)
-  timeout 100 python3 benchmarks/triton_backward_modes.py --quick 2>&1 | tee "$OUT/backward_modes.txt"
+  ;;
+modes)
+  # the Triton backward's deterministic and atomic-dQ modes, pointer loads and descriptors, beside
+  # cuDNN and FA2, and each mode's gradients against the default's (issue 10 §1: their cost)
+  timeout ${MODES_TIMEOUT:-100} python3 benchmarks/triton_backward_modes.py --quick 2>&1 | tee "$OUT/backward_modes.txt"
   ;;
 models)
   timeout 560 python3 -m anyattn.integrations.hf_bench --out "$OUT" --budget ${HF_BUDGET:-330} > "$OUT/hf_bench.log" 2>&1
   echo "hf_bench exit: $?"; tail -n 60 "$OUT/hf_bench.log"
   ;;
 *)
-  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz flexfuzz tests sweep profile flashinfer verify bench models)"; exit 2;;
+  echo "usage: bash benchmarks/device_release.sh STAGE... (stash install fuzz flexfuzz tests sweep profile flashinfer verify bench modes models)"; exit 2;;
 esac
 done

@@ -93,11 +93,12 @@ SWEEP = {
 }
 
 
-def sweep():
+def sweep(head_dims=tuple(SWEEP)):
     from anyattn.kernels import triton_backward as tb
 
     table = []
-    for d, cands_of in SWEEP.items():
+    for d in head_dims:
+        cands_of = SWEEP[d]
         h = 2048 // d
         for s in (4096, 16384):
             b = 16384 // s
@@ -164,11 +165,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="d128 at 4k and 16k only")
     ap.add_argument("--sweep", action="store_true", help="launch configurations at d128 and d64")
+    ap.add_argument("--head-dims", default="128,64", help="--sweep's head dims (of 128, 64)")
     ap.add_argument("--profile", action="store_true", help="one launch of each kernel, for ncu")
     ap.add_argument("--json")
     a = ap.parse_args()
     if a.sweep:
-        sweep()
+        sweep(tuple(int(x) for x in a.head_dims.split(",")))
         return
     if a.profile:
         profile_launches()

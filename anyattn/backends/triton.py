@@ -78,15 +78,6 @@ class TritonBackend(Backend):
         if req.op == "paged" and req.grad:
             out.append("no backward for paged KV caches (an inference-only layout); train with "
                        "attention or varlen_attention")
-        if req.head_dim_v < req.head_dim and req.op != "paged" and req.device_type == "cuda":
-            # Found by the GPU fuzz on the H200 (2026-12-01): with Dv < D and strides that rule
-            # out TMA, the prefill kernel was off by 0.085 (d128/dv32) or read out of bounds (d80
-            # and d64 with dv32). The next run located it (a value tile narrower than the query
-            # tile on the pointer path; TMA and a padded tile were right), and the kernel now pads
-            # it; tests/kernels/test_triton_gpu.py::test_smaller_value_head_dim checks all four
-            # of the fuzz's shapes on both paths. Withheld until that test has passed there.
-            out.append(f"head_dim_v={req.head_dim_v} < head_dim={req.head_dim} gave wrong results on the "
-                       "H200 (GPU fuzz, 2026-12-01); its fix awaits its GPU test, withheld until then")
         return out
 
     def notes(self, req: Request) -> list[str]:

@@ -26,6 +26,19 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def value_tile_width(d: int, dv: int, descriptors: bool, pad: bool = True) -> int:
+    """Width of the value-row tile (V, O, dO, dV) for head dims ``d`` (queries/keys), ``dv``.
+
+    On the H200 (sm90, Triton 3.6) a value tile narrower than the query tile on the pointer-load
+    path computed wrong values (d128/dv32) or read out of bounds (d64 and d80 with dv32); the same
+    shapes through TMA descriptors, or with the value tile padded to the query tile's width (its
+    extra columns masked), were right (GPU fuzz and tests/kernels/test_triton_gpu.py, 2026-12-01).
+    So pointer loads get the padded width: P.V work on masked columns, for a rare shape.
+    ``pad=False`` keeps the narrow tile (to reproduce the bug)."""
+    bd, bdv = max(16, next_pow2(d)), max(16, next_pow2(dv))
+    return bd if bdv < bd and pad and not descriptors else bdv
+
+
 # os.environ.get of an unset variable costs ~1 µs (Mapping.get raises and catches KeyError), and
 # interpret_mode() is read on every kernel call: look the encoded name up in os.environ's own
 # dict, which os.environ[...] = / del / putenv-through-os.environ keep current. Anything unusual

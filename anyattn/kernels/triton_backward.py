@@ -56,6 +56,7 @@ import triton.language as tl
 
 from ._common import (
     ensure_allocator,
+    value_tile_width,
     LOG2E,
     capability,
     cdiv,
@@ -533,6 +534,11 @@ def _bwd_pre_kernel(O, DO, LSE, DLSE, LSE2, DELTA,
 #: groups a 64-row wgmma tile (64 keys gave them 32), and 64-query steps double each product's
 #: width; (64, 64, 4, 3), one warp group of 64 rows, came close (249-331). dQ gains 2-5 %.
 SM90_TMA_D128 = dict(dkdv=(64, 128, 8, 2), dq=(64, 128, 4, 3))
+#: sm90 + descriptors, head dims <= 64: measured on the H200 (bf16, d64, 4k and 16k, full and
+#: causal; ``--sweep --head-dims 64``, 2026-12-01): 287-355 TFLOP/s (0.76-0.80x cuDNN) against
+#: 234-305 for the unmeasured (64, 128, 8, 3) / (128, 128, 8, 3) it replaces; one warp group of
+#: 64 key rows beat two (the d64 tiles are narrow enough that 4 warps keep the tensor cores fed).
+SM90_TMA_D64 = dict(dkdv=(64, 64, 4, 3), dq=(64, 128, 4, 3))
 
 
 def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
@@ -543,13 +549,13 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     ``dq``: (BLOCK_M query rows per program, BLOCK_N keys per step, warps, stages).
     Tall key blocks for dK/dV and tall query blocks for dQ (the resident operand is the large
     one, the streamed one small), after FlashAttention-2 and Triton's fused-attention tutorial.
-    Not yet timed on a GPU: the sm90 entries are the candidates with the fewest register
-    spills when compiled for sm90a with Triton 3.9 on a machine without a GPU (ptxas resource
-    usage; d64 none, d128 <= ~0.4 KB, d256 <= ~0.6 KB per thread; the larger 128-key dK/dV
-    tile spills ~1 KB at d128). A configuration that exceeds the GPU's shared memory is shrunk
-    at first launch (see ``_launch``). With ``tma`` (sm90 tensor descriptors, opt-in) the
-    entries are those that compile without spills or with the fewest (d64 none, d256 <= 72 B):
-    no 64-bit pointer tiles, so larger tiles fit; d128 is the measured ``SM90_TMA_D128``.
+    ``tma`` (sm90 tensor descriptors, the default where the layout allows): d128 is the
+    H200-measured ``SM90_TMA_D128``; d64 and d256 are the candidates that compiled for sm90a
+    without spills or with the fewest (d64 none, d256 <= 72 B per thread; ptxas resource usage
+    with Triton 3.9 on a machine without a GPU), not yet swept on a GPU. Pointer loads (strides
+    descriptors cannot take, pre-sm90): the candidates with the fewest spills (d64 none, d128
+    <= ~0.4 KB, d256 <= ~0.6 KB per thread). A configuration that exceeds the GPU's shared
+    memory is shrunk at first launch (see ``_launch``).
     """
     bd = max(16, next_pow2(max(head_dim, head_dim_v)))
     if interpret_mode() or device.type != "cuda":
@@ -563,7 +569,7 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
         return dict(dkdv=(16, 32, 4, 1), dq=(32, 16, 4, 1))
     if tma and major >= 9:
         if bd <= 64:
-            return dict(dkdv=(64, 128, 8, 3), dq=(128, 128, 8, 3))
+            return dict(SM90_TMA_D64)
         if bd <= 128:
             return dict(SM90_TMA_D128)
         return dict(dkdv=(16, 32, 8, 1), dq=(64, 32, 8, 2))
@@ -748,13 +754,16 @@ def _backward(do, q, k, v, out, lse, dlse=None, *, scale, causal=False, window=N
     # deterministic=False: dQ from atomics in the dK/dV kernel (5 products per tile pair
     # instead of 7, one fp32 dQ buffer and a conversion pass; bits vary between runs)
     atomic = not _deterministic(config)
+    # pointer loads pad a value tile narrower than the query tile, as the forward does (a Triton
+    # sm90 bug, see value_tile_width); config={"PAD_DV": False} keeps the narrow tile
+    bdv = value_tile_width(D, Dv, tma, (config or {}).get("PAD_DV", True))
     consts = dict(TMA=tma, GROUP=Hq // Hkv, D=D, DV=Dv, BLOCK_D=max(16, next_pow2(D)),
-                  BLOCK_DV=max(16, next_pow2(Dv)), VARLEN=varlen, HAS_LEFT=has_left,
+                  BLOCK_DV=bdv, VARLEN=varlen, HAS_LEFT=has_left,
                   HAS_RIGHT=has_right, SOFTCAP=has_cap, ALIBI=alibi_slopes is not None,
                   PREC=dot_precision(q.dtype))
     slopes = alibi_slopes if alibi_slopes is not None else lse2
     common = (*sx, *sa, seqlen_q, seqlen_k, float(scale), qk_scale, cap2, left, right)
-    dev_key = (q.device.type, q.device.index, D, Dv, q.dtype, tma)
+    dev_key = (q.device.type, q.device.index, D, Dv, q.dtype, tma, bdv)
     if atomic:
         dqa = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         sqa = s4(dqa)[:3]

@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._common import (
     ensure_allocator,
+    value_tile_width,
     capability,
     cdiv,
     current_device,
@@ -717,16 +718,9 @@ def _prepare_launch(q, k, v, out, lse, scale, causal, window, softcap, alibi_slo
         ensure_allocator()
     grid = (cdiv(grid_m, BM), Hq, B)
     BD = max(16, next_pow2(D))
-    BDV = max(16, next_pow2(Dv))
-    if BDV < BD and not tma and cfg.get("PAD_DV", True):
-        # A value tile narrower than the query tile on the pointer-load path computed wrong values
-        # (d128/dv32) or read out of bounds (d64 and d80 with dv32) on the H200 (sm90, Triton 3.6;
-        # GPU fuzz, 2026-12-01). The same shapes through TMA descriptors, and with the value tile
-        # padded to the query tile's width (its extra columns masked), were right
-        # (tests/kernels/test_triton_gpu.py::test_smaller_value_head_dim). Padding costs P.V
-        # work on masked columns, for a rare shape; config={"PAD_DV": False} is the unpadded
-        # kernel, kept to reproduce the bug.
-        BDV = BD
+    # pointer loads pad a value tile narrower than the query tile (a Triton sm90 bug, see
+    # value_tile_width); config={"PAD_DV": False} is the unpadded kernel, kept to reproduce it
+    BDV = value_tile_width(D, Dv, tma, cfg.get("PAD_DV", True))
     # every parameter of _fwd_kernel, positionally (the order of its signature)
     args = (
         q, k, v, out, lse if lse is not None else out,

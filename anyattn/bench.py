@@ -307,6 +307,36 @@ def _ratios(rows):
             auto.update(best=best, auto_over_best=ratio)
 
 
+def auto_summary(rows, goal: float = 0.98) -> str:
+    """The auto column's verdict: how often automatic selection picked the fastest backend, and
+    auto/best, split by cause. Where auto picked the best column's own backend, auto/best is two
+    timings of one kernel (plus anyattn's dispatch, a few µs on millisecond shapes): a ratio under
+    the goal there is timing spread, not a wrong choice, and is reported as such."""
+    judged = [r for r in rows if r.get("auto_over_best") is not None]
+    if not judged:
+        return ""
+    same = [r for r in judged if r.get("chosen") == r["best"]]
+    other = [r for r in judged if r.get("chosen") != r["best"]]
+    below = [r for r in judged if r["auto_over_best"] < goal]
+
+    def case(r):
+        parts = [r["kind"], f"d{r['head_dim']}" if r.get("head_dim") else "",
+                 str(r.get("seqlen") or r.get("context") or ""), "causal" if r.get("causal") else "",
+                 f"b{r['batch']}" if r.get("batch") else "", f"page {r['block_size']}" if r.get("block_size") else ""]
+        return " ".join(p for p in parts if p)
+
+    ratios = [r["auto_over_best"] for r in judged]
+    out = (f"auto >= {goal} x best on {len(judged) - len(below)}/{len(judged)} shapes (min {min(ratios):.2f}); "
+           f"auto picked the fastest backend on {len(same)}/{len(judged)}")
+    spread = [r["auto_over_best"] for r in same]
+    if spread:
+        out += f" (there auto/best = {min(spread):.2f}-{max(spread):.2f}: one kernel timed twice)"
+    if other:
+        out += "; another choice: " + "; ".join(
+            f"{case(r)} {r.get('chosen')} {r['auto_over_best']:.2f}x {r['best']}" for r in other)
+    return out
+
+
 def _by_case(rows, fields):
     """Rows grouped by the case they measure, in first-seen order: case -> {backend: row}."""
     cases: dict = {}
@@ -442,13 +472,7 @@ def main(args) -> int:
         for n, why in skipped.items():
             if n not in shown and n != AUTO:
                 console.print(f"[dim]{n}: {why}[/]")
-        worst = [r for r in rows if r.get("auto_over_best") is not None and r["auto_over_best"] < 0.98]
-        ratios = [r["auto_over_best"] for r in rows if r.get("auto_over_best") is not None]
-        if ratios:
-            console.print(f"auto >= 0.98 x best on {len(ratios) - len(worst)}/{len(ratios)} shapes "
-                          f"(min {min(ratios):.2f})" + ("; below: " + "; ".join(
-                              f"{r['kind']} {r.get('head_dim', '')} {r.get('seqlen', r.get('context'))} "
-                              f"{'causal' if r.get('causal') else ''} b{r.get('batch')} "
-                              f"{r.get('chosen')} vs {r['best']} {r['auto_over_best']:.2f}"
-                              for r in worst) if worst else ""))
+        line = auto_summary(rows)
+        if line:
+            console.print(line)
     return 0

@@ -720,6 +720,9 @@ def test_flashinfer_checks(fi, monkeypatch):
     assert any("head_dim=96" in r for r in b.reasons(req(d=96)))
     assert b.reasons(req(op="paged", block_size=1)) == []
     assert any("sync" in n for n in b.notes(req(op="varlen")))
+    # the measured JIT costs reach explain() for every op: a user waiting 82 s needs to know why
+    for op in ("attention", "varlen", "paged"):
+        assert any("JIT-compiles with nvcc" in n and "first prefill 82 s" in n for n in b.notes(req(op=op)))
     set_version(monkeypatch, "0.1.6")
     assert any("0.2.0" in r and "plan()/run()" in r for r in b.reasons(req()))
 

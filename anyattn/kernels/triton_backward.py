@@ -58,7 +58,6 @@ import triton.language as tl
 
 from ._common import (
     ensure_allocator,
-    value_tile_width,
     LOG2E,
     capability,
     cdiv,
@@ -67,6 +66,7 @@ from ._common import (
     interpret_mode,
     logit_constants,
     next_pow2,
+    value_tile_width,
     window_bounds,
 )
 
@@ -551,10 +551,10 @@ def backward_config(head_dim: int, head_dim_v: int, dtype: torch.dtype,
     ``dq``: (BLOCK_M query rows per program, BLOCK_N keys per step, warps, stages).
     Tall key blocks for dK/dV and tall query blocks for dQ (the resident operand is the large
     one, the streamed one small), after FlashAttention-2 and Triton's fused-attention tutorial.
-    ``tma`` (sm90 tensor descriptors, the default where the layout allows): d128 is the
-    H200-measured ``SM90_TMA_D128``; d64 and d256 are the candidates that compiled for sm90a
-    without spills or with the fewest (d64 none, d256 <= 72 B per thread; ptxas resource usage
-    with Triton 3.9 on a machine without a GPU), not yet swept on a GPU. Pointer loads (strides
+    ``tma`` (sm90 tensor descriptors, the default where the layout allows): d64 and d128 are the
+    H200-measured ``SM90_TMA_D64`` and ``SM90_TMA_D128``; d256 is the candidate that compiled for
+    sm90a with the fewest spills (<= 72 B per thread; ptxas resource usage with Triton 3.9 on a
+    machine without a GPU), not yet swept on a GPU. Pointer loads (strides
     descriptors cannot take, pre-sm90): the candidates with the fewest spills (d64 none, d128
     <= ~0.4 KB, d256 <= ~0.6 KB per thread). A configuration that exceeds the GPU's shared
     memory is shrunk at first launch (see ``_launch``).

@@ -39,7 +39,6 @@ import triton.language as tl
 
 from ._common import (
     ensure_allocator,
-    value_tile_width,
     capability,
     cdiv,
     current_device,
@@ -47,6 +46,7 @@ from ._common import (
     interpret_mode,
     logit_constants,
     next_pow2,
+    value_tile_width,
     window_bounds,
 )
 from ._launch import LaunchCache, check_remembered

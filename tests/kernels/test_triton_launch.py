@@ -501,3 +501,18 @@ def test_descriptor_allocator_is_installed_in_every_thread():
     t.start()
     t.join()
     assert seen == [(True, False)]
+
+
+@pytest.mark.parametrize("d,dv,descriptors,pad,want", [
+    (128, 32, False, True, 128),   # pointer loads: the narrow value tile padded (the sm90 bug)
+    (80, 32, False, True, 128),    # query tile 128 (next power of two), value tile padded to it
+    (128, 32, True, True, 32),     # TMA descriptors were right with the narrow tile
+    (128, 32, False, False, 32),   # pad=False: the unpadded kernel, kept to reproduce the bug
+    (64, 128, False, True, 128),   # Dv > D: the value tile is already the wider one
+    (40, 40, False, True, 64),
+    (8, 8, False, True, 16),       # tiles are at least 16 wide
+])
+def test_value_tile_width(d, dv, descriptors, pad, want):
+    from anyattn.kernels._common import value_tile_width
+
+    assert value_tile_width(d, dv, descriptors, pad) == want

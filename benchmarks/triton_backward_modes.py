@@ -12,8 +12,9 @@ Each Triton mode is also checked against the default mode's gradients (max relat
 ``--sweep``: d128 and d64 at 4k and 16k, full and causal, the default mode (deterministic, TMA)
 with each candidate launch configuration of one kernel while the other keeps its table entry
 (the two kernels run one after the other, so their times add), beside cuDNN and FA2 of the
-same run; then the best pair per shape, deterministic and with atomic dQ. A candidate that does not fit is shrunk by ``_launch``, and
-the row says which configuration ran.
+same run; then the best pair per shape, deterministic and with atomic dQ. A candidate that does
+not fit is shrunk by ``_launch``, and the row says which configuration ran. ``--head-dims 64``
+sweeps one head dim.
 
 ``--profile``: one Triton backward (its three kernels) and one cuDNN backward at d128, 16k
 tokens, full and causal, between cudaProfilerStart/Stop, for ncu's ``--profile-from-start off``

@@ -107,9 +107,10 @@ def from_paged(q, k_cache, v_cache, block_table, seqused_k, cu_q, max_q: int, ma
     v = v_cache[blocks, rows]
     # Rows past seqused_k (the rest of a last page, table slots past a sequence's pages) are the
     # cache's, not the caller's data: a cache from torch.empty may hold NaN there, and a masked
-    # key still multiplies its value row by 0 (0 x NaN = NaN). Zero them in the gathered copy.
+    # key still multiplies its value row by 0 (0 x NaN = NaN). Zero them in the gathered copy
+    # (advanced indexing made k and v fresh tensors: in place, no second copy).
     unused = (j.view(1, -1) >= seqused_k.view(-1, 1))[:, :, None, None]
-    k, v = k.masked_fill(unused, 0), v.masked_fill(unused, 0)
+    k.masked_fill_(unused, 0), v.masked_fill_(unused, 0)
     qi, q_lens = _positions(cu_q, max(max_q, 1))
     tb, tp = token_coordinates(cu_q, q.shape[0])
     return Padded(_gather_packed(q, qi), k, v, q_lens, seqused_k.long(), tb, tp)
